@@ -1,0 +1,118 @@
+"""Run one validated request on a loaded pipeline. Plain class: the Modal GPU class only wraps it."""
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from inference.compose import paste_outside_mask, prepare_inputs
+from inference.pipeline import load_pipeline
+from inference.schedulers import SchedulerCache
+from schemas import InpaintRequest
+from schemas.request import MAX_SEED
+
+log = logging.getLogger(__name__)
+
+# Called after each denoising step with (step, total). It may raise (JobCancelled)
+# to stop the job at that step.
+StepCallback = Callable[[int, int], None]
+
+
+class JobCancelled(Exception):
+    """Raised from a step callback to stop a running job."""
+
+
+@dataclass
+class InpaintOutput:
+    images: list[Image.Image]
+    seeds: list[int]
+    inference_time: float
+    steps_run: int
+    blocked: list[bool] = field(default_factory=list)
+
+    @property
+    def any_blocked(self) -> bool:
+        return any(self.blocked)
+
+
+def sample_seeds(seed: int, samples: int) -> list[int]:
+    """One seed per sample: seed, seed+1, ... (wrapping below 2^63). -1 draws a random base."""
+    base = secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed
+    return [(base + i) % (MAX_SEED + 1) for i in range(samples)]
+
+
+class Inpainter:
+    """Holds one pipeline; runs one request at a time (a lock guards the shared scheduler slot)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str | None = None,
+        safety_checker: bool = True,
+        xformers: bool = False,
+        feather_px: int = 4,
+    ):
+        self.model_dir = Path(model_dir)
+        self.pipe = load_pipeline(model_dir, device=device, safety_checker=safety_checker, xformers=xformers)
+        self.device = str(self.pipe.device)
+        self.feather_px = feather_px
+        self.schedulers = SchedulerCache(self.pipe.scheduler.config)
+        self._lock = threading.Lock()
+
+    @property
+    def load_seconds(self) -> float:
+        return self.pipe.load_seconds
+
+    def run(
+        self,
+        request: InpaintRequest,
+        image: Image.Image,
+        mask: Image.Image,
+        on_step: StepCallback | None = None,
+    ) -> InpaintOutput:
+        width, height = request.img_width, request.img_height
+        image, mask = prepare_inputs(image, mask, width, height)
+        seeds = sample_seeds(request.seed, request.samples)
+        steps_run = 0
+
+        def step_end(pipe, step_index, timestep, callback_kwargs):
+            nonlocal steps_run
+            steps_run = step_index + 1
+            if on_step is not None:
+                on_step(steps_run, pipe._num_timesteps)
+            return callback_kwargs
+
+        with self._lock:
+            self.pipe.scheduler = self.schedulers.get(request.scheduler)
+            generators = [torch.Generator(device=self.pipe.device.type).manual_seed(s) for s in seeds]
+            started = time.perf_counter()
+            result = self.pipe(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt or None,
+                image=image,
+                mask_image=mask,
+                height=height,
+                width=width,
+                num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
+                strength=request.strength,
+                num_images_per_prompt=request.samples,
+                generator=generators,
+                callback_on_step_end=step_end,
+            )
+            elapsed = time.perf_counter() - started
+
+        blocked = [bool(flag) for flag in (result.nsfw_content_detected or [False] * len(result.images))]
+        images = [paste_outside_mask(image, generated, mask, self.feather_px) for generated in result.images]
+        log.info(
+            "inpainted %dx%d samples=%d scheduler=%s steps=%d in %.3fs%s",
+            width, height, request.samples, request.scheduler, steps_run, elapsed,
+            " (blocked by safety checker)" if any(blocked) else "",
+        )
+        return InpaintOutput(images=images, seeds=seeds, inference_time=elapsed, steps_run=steps_run, blocked=blocked)

@@ -1,0 +1,81 @@
+"""The request body shared by v1 and v2 (CONTRACT.md, "Parameters")."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MODEL_SLUG = "sd1.5-inpainting"
+
+# Segmind's eleven names, then our two extensions. inference/schedulers.py maps
+# each to a diffusers scheduler; a test keeps the two lists in step.
+SCHEDULERS = (
+    "DDIM",
+    "DPM Multi",
+    "DPM Single",
+    "Euler a",
+    "Euler",
+    "Heun",
+    "DPM2 a Karras",
+    "DPM2 Karras",
+    "LMS",
+    "PNDM",
+    "DDPM",
+    "UniPC",
+    "DPM++ 2M Karras",
+)
+SchedulerName = Literal[SCHEDULERS]  # type: ignore[valid-type]
+
+MAX_SEED = 2**63 - 1
+
+
+class InpaintRequest(BaseModel):
+    """One inpainting request. Unknown keys and wrong types are refused (strict)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image: str = Field(description="http(s) URL, data: URI, or bare base64 of a PNG/JPEG/WebP image.")
+    mask: str = Field(description="Same forms as image; white = repaint, black = keep.")
+    prompt: str = Field(description="What to paint in the masked area. At most 77 CLIP tokens are used.")
+    negative_prompt: str = Field("", description="What to avoid.")
+    samples: int = Field(1, ge=1, le=4, description="Number of images, 1..4.")
+    scheduler: SchedulerName = Field("DDIM", description="Sampler name.")
+    num_inference_steps: int = Field(20, ge=20, le=100, description="Denoising steps, 20..100.")
+    guidance_scale: float = Field(7.5, ge=0.1, le=25, description="Classifier-free guidance, 0.1..25.")
+    strength: float = Field(1.0, ge=0.1, le=1, description="How much the masked area is re-noised, 0.1..1.")
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 for random, else 0..2^63-1.")
+    img_width: Literal[512, 768] = Field(512, description="Output width: 512 or 768.")
+    img_height: Literal[512, 768] = Field(512, description="Output height: 512 or 768.")
+    base64: bool = Field(False, description="v1 only: answer JSON with base64 instead of image bytes.")
+    output_format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="Extension: output encoding.")
+    webhook_url: str | None = Field(None, description="Extension, v2: URL POSTed the final body.")
+
+    @field_validator("image", "mask")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a URL, data: URI or base64 image, not empty")
+        return value.strip()
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a non-empty string")
+        return value
+
+
+def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
+    """One readable message naming every bad parameter and its rule, plus the first field name."""
+    parts: list[str] = []
+    first_field: str | None = None
+    for item in error.errors(include_url=False):
+        field = ".".join(str(p) for p in item["loc"]) or "body"
+        first_field = first_field or field
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown parameter '{field}'")
+        elif item["type"] == "missing":
+            parts.append(f"parameter '{field}' is required")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            parts.append(f"parameter '{field}': {msg}")
+    return "; ".join(parts), first_field

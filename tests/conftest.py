@@ -1,0 +1,32 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny random-weight model, no safety checker."""
+    from scripts.make_tiny_model import build
+
+    return build(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flagging_model_dir(tmp_path_factory) -> Path:
+    """The tiny model with a safety checker forced to flag every image."""
+    from scripts.make_tiny_model import build
+
+    return build(tmp_path_factory.mktemp("tiny-model-flag"), safety_checker="flag")
+
+
+@pytest.fixture(scope="session")
+def inpainter(tiny_model_dir):
+    from inference import Inpainter
+
+    return Inpainter(tiny_model_dir)

@@ -1,0 +1,51 @@
+"""File selection of scripts/download_weights.py against the real repository's listing."""
+
+import pytest
+
+from scripts.download_weights import select_files
+
+# The file list of stable-diffusion-v1-5/stable-diffusion-inpainting (main).
+REAL_LISTING = [
+    ".gitattributes", "README.md", "config.json", "model_index.json",
+    "sd-v1-5-inpainting.ckpt", "v1-inpainting-inference.yaml",
+    "feature_extractor/preprocessor_config.json",
+    "safety_checker/config.json", "safety_checker/model.fp16.safetensors", "safety_checker/pytorch_model.bin",
+    "safety_checker/pytorch_model.fp16.bin",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json", "text_encoder/model.fp16.safetensors", "text_encoder/pytorch_model.bin",
+    "text_encoder/pytorch_model.fp16.bin",
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json", "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.fp16.bin",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json", "vae/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.fp16.bin",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+]
+
+
+def test_selects_configs_and_fp16_safetensors_only():
+    selected = select_files(REAL_LISTING)
+    assert selected == sorted([
+        "model_index.json",
+        "feature_extractor/preprocessor_config.json",
+        "safety_checker/config.json", "safety_checker/model.fp16.safetensors",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
+        "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
+    ])
+    assert not any(f.endswith((".bin", ".ckpt")) for f in selected)
+
+
+def test_without_safety_checker():
+    selected = select_files(REAL_LISTING, safety_checker=False)
+    assert not any(f.startswith(("safety_checker/", "feature_extractor/")) for f in selected)
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in selected
+
+
+def test_missing_fp16_weights_is_an_error():
+    listing = [f for f in REAL_LISTING if f != "unet/diffusion_pytorch_model.fp16.safetensors"]
+    with pytest.raises(RuntimeError, match="unet"):
+        select_files(listing)
