@@ -28,3 +28,9 @@ tiny-model: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .state .models .pytest_cache
+
+demo: $(STAMP)
+	$(BIN)/python -m service --demo
+
+serve: $(STAMP)
+	$(BIN)/python -m service

@@ -19,13 +19,9 @@ from schemas.request import MAX_SEED
 
 log = logging.getLogger(__name__)
 
-# Called after each denoising step with (step, total). It may raise (JobCancelled)
-# to stop the job at that step.
+# Called after each denoising step with (step, total). Whatever it raises stops
+# the job at that step and propagates to the caller (that is how cancel works).
 StepCallback = Callable[[int, int], None]
-
-
-class JobCancelled(Exception):
-    """Raised from a step callback to stop a running job."""
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from inference import Inpainter, JobCancelled
+from inference import Inpainter
 from inference.schedulers import SCHEDULER_TABLE
 from schemas import SCHEDULERS, InpaintRequest
 from tests.images import box_mask, gradient_image, png_bytes
@@ -96,6 +96,10 @@ def test_hard_edge_keeps_every_unmasked_pixel(tiny_model_dir):
     out = np.asarray(sharp.run(request(seed=1), IMAGE, MASK).images[0])
     outside = np.asarray(MASK) == 0
     assert np.array_equal(out[outside], np.asarray(IMAGE)[outside])
+
+
+class JobCancelled(Exception):
+    pass
 
 
 def test_cancel_stops_at_a_step_and_pipeline_stays_usable(inpainter):

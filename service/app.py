@@ -1,0 +1,272 @@
+"""The FastAPI app: CONTRACT.md over HTTP. Backends (job store, dispatcher, storage) are passed in."""
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError
+
+from schemas import MODEL_SLUG, InpaintRequest, JobStatus, describe_validation_error
+from schemas.responses import ErrorBody, ResultBody, StatusBody, SubmitResponse
+from service.auth import authenticate
+from service.config import Settings
+from service.errors import ApiError, install_error_handlers
+from service.inputs import FetchLimits, load_input, make_client
+from service.jobs import JobRecord, JobStore, params_of
+from service.storage import LocalStorage, ResultStorage
+from service.worker import Dispatcher
+
+log = logging.getLogger(__name__)
+
+REQUEST_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": InpaintRequest.model_json_schema()}},
+    }
+}
+ERRORS_DOC = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 429, 500, 502)}
+
+
+def create_app(
+    settings: Settings,
+    store: JobStore,
+    storage: ResultStorage,
+    dispatcher: Dispatcher,
+    background: tuple = (),
+) -> FastAPI:
+    """`background`: objects with start()/stop() run for the app's lifetime (worker, expiry sweep)."""
+    limits = FetchLimits(
+        max_bytes=settings.input_max_bytes,
+        max_pixels=settings.input_max_pixels,
+        connect_timeout=settings.fetch_connect_timeout,
+        read_timeout=settings.fetch_read_timeout,
+        max_redirects=settings.fetch_max_redirects,
+        allow_private=settings.allow_private_urls,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for item in background:
+            item.start()
+        app.state.http = make_client(limits)
+        try:
+            yield
+        finally:
+            await app.state.http.aclose()
+            for item in reversed(background):
+                item.stop()
+
+    app = FastAPI(
+        title="inpaint",
+        version="0.1.0",
+        description="Stable Diffusion 1.5 inpainting, compatible with Segmind's sd1.5-inpainting API.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def base_url(request: Request) -> str:
+        return (settings.public_base_url or str(request.base_url)).rstrip("/")
+
+    def owned_record(request: Request, request_id: str) -> JobRecord:
+        owner = authenticate(request, settings.api_keys)
+        record = store.get(request_id)
+        if record is None or record.owner != owner:  # another key's job reads exactly like an unknown one
+            raise ApiError(404, f"request {request_id} not found (unknown, expired, or not yours)")
+        return record
+
+    async def read_body(request: Request) -> bytes:
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"request body is larger than {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise ApiError(413, f"request body is larger than {limit} bytes")
+        return bytes(body)
+
+    async def accept(request: Request, slug: str, sync: bool) -> JobRecord:
+        owner = authenticate(request, settings.api_keys)
+        if slug != MODEL_SLUG:
+            raise ApiError(404, f"model {slug!r} not found (this deployment serves {MODEL_SLUG!r})")
+        content_type = request.headers.get("content-type", "application/json")
+        if "json" not in content_type.lower():
+            raise ApiError(400, f"request body must be JSON (Content-Type: application/json), got {content_type!r}")
+        body = await read_body(request)
+        if not body.strip():
+            raise ApiError(400, "request body is empty: send a JSON object with image, mask and prompt")
+        try:
+            inpaint = InpaintRequest.model_validate_json(body)
+        except ValidationError as exc:
+            message, field = describe_validation_error(exc)
+            if any(e["type"] in ("json_invalid", "model_type") for e in exc.errors()):
+                message, field = "request body must be a JSON object: " + exc.errors()[0]["msg"], None
+            raise ApiError(400, message, field=field) from None
+        if dispatcher.state == "error":
+            raise ApiError(502, f"the worker tier is unavailable: {dispatcher.error}")
+        client = request.app.state.http
+        image, mask = await asyncio.gather(
+            load_input(inpaint.image, "image", limits, client),
+            load_input(inpaint.mask, "mask", limits, client),
+        )
+        now = time.time()
+        record = JobRecord(
+            id=str(uuid.uuid4()),
+            owner=owner,
+            params=params_of(inpaint.model_dump()),
+            created_at=now,
+            expires_at=now + settings.result_ttl_seconds,
+            sync=sync,
+        )
+        store.create(record, image, mask)
+        dispatcher.submit(record.id)
+        log.info("job %s QUEUED (owner %s, %s)", record.id, owner, "v1" if sync else "v2")
+        return record
+
+    def status_body(record: JobRecord) -> dict[str, Any]:
+        body = StatusBody(request_id=record.id, status=record.status, metrics=record.metrics(), error=record.error)
+        if record.status == JobStatus.QUEUED:
+            body.queue_position = store.queue_position(record.id)
+        if record.status == JobStatus.PROCESSING and record.progress_total:
+            body.progress = {"step": record.progress_step or 0, "total": record.progress_total}
+        return body.model_dump(exclude_none=True, mode="json") | {"metrics": record.metrics()}
+
+    def failed_response(record: JobRecord) -> JSONResponse:
+        return JSONResponse(
+            {"request_id": record.id, "status": "FAILED", "error": record.error or "failed",
+             "metrics": record.metrics()},
+            status_code=422,
+        )
+
+    def result_body(record: JobRecord, request: Request) -> dict[str, Any]:
+        expires_in = int(record.expires_at - time.time())
+        urls = [storage.url(img.key, base_url(request), expires_in) for img in record.images]
+        return ResultBody(
+            request_id=record.id,
+            status=record.status,
+            output=urls[0] if len(urls) == 1 else urls,
+            images=[
+                {"url": url, "content_type": img.content_type, "file_size": img.file_size, "seed": img.seed}
+                for url, img in zip(urls, record.images)
+            ],
+            seed=record.seeds[0] if record.seeds else None,
+            metrics=record.metrics(),
+        ).model_dump(mode="json")
+
+    # ---- routes --------------------------------------------------------------------------
+
+    @app.get("/health", tags=["ops"])
+    def health():
+        return {
+            "status": {"ready": "ok"}.get(dispatcher.state, dispatcher.state),
+            "model": settings.model_name,
+            "demo": settings.demo,
+            "device": dispatcher.device,
+            "queue_depth": store.count_unfinished(),
+            "error": dispatcher.error,
+        }
+
+    @app.post("/v2/{slug}", tags=["v2"], openapi_extra=REQUEST_BODY_DOC,
+              responses={200: {"model": SubmitResponse}, **ERRORS_DOC})
+    async def submit_v2(slug: str, request: Request):
+        record = await accept(request, slug, sync=False)
+        base = base_url(request)
+        return SubmitResponse(
+            request_id=record.id,
+            status_url=f"{base}/v2/requests/{record.id}/status",
+            response_url=f"{base}/v2/requests/{record.id}",
+            cancel_url=f"{base}/v2/requests/{record.id}/cancel",
+        ).model_dump(mode="json")
+
+    @app.get("/v2/requests/{request_id}/status", tags=["v2"],
+             responses={200: {"model": StatusBody}, **ERRORS_DOC})
+    def get_status(request_id: str, request: Request):
+        record = owned_record(request, request_id)
+        if record.status == JobStatus.FAILED:
+            return failed_response(record)
+        return status_body(record)
+
+    @app.get("/v2/requests/{request_id}", tags=["v2"],
+             responses={200: {"model": ResultBody}, 202: {"model": StatusBody}, **ERRORS_DOC})
+    def get_result(request_id: str, request: Request):
+        record = owned_record(request, request_id)
+        if record.status == JobStatus.FAILED:
+            return failed_response(record)
+        if record.status != JobStatus.COMPLETED:
+            return JSONResponse(status_body(record), status_code=202)
+        return result_body(record, request)
+
+    @app.post("/v2/requests/{request_id}/cancel", tags=["v2"], responses=ERRORS_DOC)
+    def cancel(request_id: str, request: Request):
+        record = owned_record(request, request_id)
+        if record.status.terminal:
+            return {"request_id": record.id, "status": record.status.value,
+                    "message": "the job had already finished; nothing to cancel"}
+        store.update(request_id, cancel_requested=True)
+        if record.status == JobStatus.QUEUED:
+            failed = store.update(request_id, status=JobStatus.FAILED, error="cancelled", finished_at=time.time())
+            if failed is not None:
+                store.delete_inputs(request_id)
+                return {"request_id": record.id, "status": "CANCELLED", "message": "the job had not started; it will not run"}
+        return {"request_id": record.id, "status": "CANCELLING",
+                "message": "the job is running; it stops at the next denoising step and then reads FAILED 'cancelled'"}
+
+    @app.post("/v1/{slug}", tags=["v1"], openapi_extra=REQUEST_BODY_DOC,
+              responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}}, 504: {"model": ErrorBody},
+                         **ERRORS_DOC})
+    async def run_v1(slug: str, request: Request):
+        record = await accept(request, slug, sync=True)
+        outcome = await asyncio.to_thread(dispatcher.wait, record.id, settings.v1_timeout_seconds)
+        if outcome is None:
+            base = base_url(request)
+            raise ApiError(
+                504,
+                f"the request did not finish within {settings.v1_timeout_seconds:g}s. It is still running as "
+                f"request {record.id}: poll {base}/v2/requests/{record.id}/status, and use the v2 API "
+                f"(POST {base}/v2/{MODEL_SLUG}) for long jobs",
+                headers={"x-request-id": record.id},
+            )
+        done = outcome.record
+        if done.status == JobStatus.FAILED:
+            status = 422 if done.error and ("safety checker" in done.error or done.error == "cancelled") else 500
+            return JSONResponse({"error": done.error, "request_id": done.id}, status_code=status,
+                                headers={"x-request-id": done.id})
+        files = outcome.files or [(storage.read(img.key), img.content_type) for img in done.images]
+        headers = {
+            "x-request-id": done.id,
+            "x-seed-value": ",".join(str(s) for s in done.seeds),
+            "x-generation-time": f"{done.inference_time or 0:.3f}",
+        }
+        params = InpaintRequest.model_validate({**done.params, "image": "-", "mask": "-"})
+        if len(files) > 1:
+            return JSONResponse({"images": [base64.b64encode(data).decode() for data, _ in files],
+                                 "seeds": done.seeds, "content_type": files[0][1], "request_id": done.id},
+                                headers=headers)
+        data, content_type = files[0]
+        if params.base64:
+            return JSONResponse({"image": base64.b64encode(data).decode(), "seed": done.seeds[0],
+                                 "content_type": content_type, "request_id": done.id}, headers=headers)
+        return Response(data, media_type=content_type, headers=headers)
+
+    if isinstance(storage, LocalStorage):
+        @app.get("/files/{request_id}/{token}/{name}", tags=["results"], include_in_schema=False)
+        def get_file(request_id: str, token: str, name: str):
+            record = store.get(request_id)
+            key = f"{request_id}/{token}/{name}"
+            match = record and next((img for img in record.images if img.key == key), None)
+            path = storage.path_for(key) if match else None
+            if not match or path is None or not path.is_file():
+                raise ApiError(404, "file not found or expired")
+            return FileResponse(path, media_type=match.content_type,
+                                headers={"cache-control": "private, max-age=3600"})
+
+    return app

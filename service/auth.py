@@ -1,0 +1,36 @@
+"""API keys: x-api-key (what the Segmind SDK sends) or Authorization: Bearer."""
+
+import hashlib
+import hmac
+
+from fastapi import Request
+
+from service.errors import ApiError
+
+
+def presented_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def key_owner(key: str) -> str:
+    """A stable id for a key that does not reveal it (stored on job records, safe to log)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def authenticate(request: Request, api_keys: list[str]) -> str:
+    """The owner id of the request's key; 401 when it is missing or unknown (constant-time compare)."""
+    key = presented_key(request)
+    if key is None:
+        raise ApiError(401, "missing API key: send it in the x-api-key header (or Authorization: Bearer)")
+    matched = False
+    for candidate in api_keys:  # compare with every key so timing does not reveal which one matched
+        matched |= hmac.compare_digest(key.encode(), candidate.encode())
+    if not matched:
+        raise ApiError(401, "invalid API key")
+    return key_owner(key)

@@ -1,0 +1,62 @@
+"""All configuration, from environment variables (same names locally and on Modal)."""
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+REAL_MODEL_NAME = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+
+
+def default_model_dir() -> Path:
+    return Path.home() / ".cache" / "inpaint" / "sd15-inpainting"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated")
+    public_base_url: str | None = None
+    state_dir: Path = Path(".state")
+    model_dir: Path = Field(default_factory=default_model_dir)
+    demo: bool = Field(False, description="serving the tiny random-weight demo model")
+
+    allow_private_urls: bool = False
+    result_ttl_seconds: int = Field(3600, ge=1)
+    sweep_interval_seconds: float = Field(60.0, gt=0)
+
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_prefix: str = "inpaint/"
+    s3_public_base_url: str | None = None  # e.g. a CDN in front of the bucket; else presigned URLs
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    input_max_bytes: int = 20 * 1024 * 1024
+    input_max_pixels: int = 4096 * 4096
+    fetch_connect_timeout: float = 5.0
+    fetch_read_timeout: float = 15.0
+    fetch_max_redirects: int = 3
+
+    v1_timeout_seconds: float = Field(120.0, gt=0)
+    safety_checker: bool = True
+    xformers: bool = False
+    feather_px: int = Field(4, ge=0, le=64)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("public_base_url", "s3_public_base_url", "s3_endpoint_url", "s3_bucket", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value):
+        return value or None
+
+    @property
+    def model_name(self) -> str:
+        return "tiny random-weight demo model (paints noise)" if self.demo else REAL_MODEL_NAME

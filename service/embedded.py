@@ -1,0 +1,53 @@
+"""The embedded default on one machine: SQLite records, local (or S3) results, an in-process worker."""
+
+import logging
+import secrets
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.config import Settings
+from service.expiry import Sweeper
+from service.jobs import SQLiteJobStore
+from service.storage import make_storage
+from service.worker import EmbeddedDispatcher
+
+log = logging.getLogger(__name__)
+
+
+def local_inpainter_factory(settings: Settings):
+    def build():
+        from inference import Inpainter  # torch is imported here, in the worker thread, not at web-tier import
+
+        return Inpainter(settings.model_dir, safety_checker=settings.safety_checker, xformers=settings.xformers,
+                         feather_px=settings.feather_px)
+
+    return build
+
+
+def ensure_api_key(settings: Settings) -> str | None:
+    """With no API_KEYS, use a generated key kept in STATE_DIR (stable across restarts). Returns it if generated."""
+    if settings.api_keys:
+        return None
+    key_file = Path(settings.state_dir) / "api_key"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    if key_file.is_file() and key_file.read_text().strip():
+        key = key_file.read_text().strip()
+    else:
+        key = "sk-local-" + secrets.token_urlsafe(24)
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+    settings.api_keys = [key]
+    return key
+
+
+def build_embedded_app(settings: Settings, inpainter_factory=None) -> FastAPI:
+    store = SQLiteJobStore(Path(settings.state_dir) / "jobs.sqlite3")
+    storage = make_storage(settings)
+    dispatcher = EmbeddedDispatcher(store, storage, inpainter_factory or local_inpainter_factory(settings))
+    sweeper = Sweeper(store, storage, min(settings.sweep_interval_seconds, max(settings.result_ttl_seconds / 2, 1)))
+    app = create_app(settings, store, storage, dispatcher, background=(dispatcher, sweeper))
+    app.state.store = store
+    app.state.dispatcher = dispatcher
+    return app

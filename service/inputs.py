@@ -1,0 +1,163 @@
+"""Turn the `image` / `mask` strings of a request into validated image bytes.
+
+Accepted forms: http(s) URL, data: URI, bare base64. URLs are fetched with
+timeouts, a byte cap and a bounded number of redirects; every hop is resolved
+and refused when it points at a non-public address (loopback, private,
+link-local, cloud metadata, ...) unless the operator allows private URLs. The
+connection goes to the address that was checked (no DNS rebinding between the
+check and the request). Bytes are decoded with Pillow under a pixel cap.
+"""
+
+import asyncio
+import base64
+import binascii
+import io
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from PIL import Image
+
+from service.errors import ApiError
+
+ALLOWED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+REDIRECT_CODES = {301, 302, 303, 307, 308}
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    max_redirects: int = 3
+    allow_private: bool = False
+
+
+class InputError(ApiError):
+    def __init__(self, field: str, message: str):
+        super().__init__(400, f"parameter '{field}': {message}", field=field)
+
+
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """False for loopback, private, link-local (incl. 169.254.169.254 metadata), multicast, unspecified, reserved."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return is_public_address(ip.ipv4_mapped)
+        if ip.sixtofour is not None or ip.teredo is not None:
+            return False
+    return ip.is_global and not ip.is_multicast
+
+
+async def resolve_checked(host: str, port: int, field: str, allow_private: bool) -> str:
+    """Resolve host and return one address to connect to, after checking all of them."""
+    host = host.strip("[]")
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise InputError(field, f"cannot resolve host {host!r}") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not addresses:
+        raise InputError(field, f"cannot resolve host {host!r}")
+    if not allow_private:
+        for ip in addresses:
+            if not is_public_address(ip):
+                raise InputError(field, f"URL host {host!r} resolves to a non-public address ({ip}); refused")
+    return str(addresses[0])
+
+
+async def fetch_url(url: str, field: str, limits: FetchLimits, client: httpx.AsyncClient) -> bytes:
+    for _hop in range(limits.max_redirects + 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise InputError(field, f"URL scheme {parts.scheme!r} is not allowed (http or https only)")
+        if not parts.hostname:
+            raise InputError(field, "URL has no host")
+        if parts.username or parts.password:
+            raise InputError(field, "URLs with credentials are not allowed")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        ip = await resolve_checked(parts.hostname, port, field, limits.allow_private)
+        ip_host = f"[{ip}]" if ":" in ip else ip
+        pinned = parts._replace(netloc=f"{ip_host}:{port}").geturl()
+        headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"}
+        try:
+            async with client.stream("GET", pinned, headers=headers,
+                                     extensions={"sni_hostname": parts.hostname}) as response:
+                if response.status_code in REDIRECT_CODES and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                if response.status_code != 200:
+                    raise InputError(field, f"fetching the URL returned HTTP {response.status_code}")
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > limits.max_bytes:
+                    raise InputError(field, f"image is larger than {limits.max_bytes} bytes")
+                data = bytearray()
+                async for chunk in response.aiter_bytes():
+                    data.extend(chunk)
+                    if len(data) > limits.max_bytes:
+                        raise InputError(field, f"image is larger than {limits.max_bytes} bytes")
+                return bytes(data)
+        except httpx.TimeoutException:
+            raise InputError(field, "timed out fetching the URL") from None
+        except httpx.HTTPError as exc:
+            raise InputError(field, f"could not fetch the URL ({type(exc).__name__})") from None
+    raise InputError(field, f"too many redirects (more than {limits.max_redirects})")
+
+
+def decode_inline(value: str, field: str, max_bytes: int) -> bytes:
+    """data: URI or bare base64 -> bytes."""
+    if value.startswith("data:"):
+        header, sep, payload = value.partition(",")
+        if not sep or ";base64" not in header:
+            raise InputError(field, "data: URI must be base64-encoded (data:image/png;base64,...)")
+        value = payload
+    if len(value) * 3 // 4 > max_bytes + 3:
+        raise InputError(field, f"image is larger than {max_bytes} bytes")
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(field, "is neither an http(s) URL, a data: URI nor valid base64") from None
+
+
+def check_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """Decode fully under a pixel cap; refuse non-images and formats other than PNG/JPEG/WebP."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise InputError(field, f"image has too many pixels (limit {max_pixels})") from None
+    except Exception:
+        raise InputError(field, "is not a readable image (PNG, JPEG or WebP expected)") from None
+    if image.format not in ALLOWED_FORMATS:
+        raise InputError(field, f"image format {image.format} is not supported (PNG, JPEG or WebP)")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InputError(field, f"image is {width}x{height}, over the limit of {max_pixels} pixels")
+    try:
+        image.load()
+    except Exception:
+        raise InputError(field, "image data is truncated or corrupt") from None
+    return image
+
+
+def looks_like_url(value: str) -> bool:
+    return "://" in value[:16] or value.lower().startswith(("http:", "https:"))
+
+
+async def load_input(value: str, field: str, limits: FetchLimits, client: httpx.AsyncClient) -> bytes:
+    """Return the raw bytes of a valid image given in any accepted form (raises InputError)."""
+    if looks_like_url(value):
+        data = await fetch_url(value, field, limits, client)
+    else:
+        data = decode_inline(value, field, limits.max_bytes)
+    if len(data) > limits.max_bytes:
+        raise InputError(field, f"image is larger than {limits.max_bytes} bytes")
+    await asyncio.to_thread(check_image, data, field, limits.max_pixels)
+    return data
+
+
+def make_client(limits: FetchLimits) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(limits.read_timeout, connect=limits.connect_timeout)
+    # follow_redirects=False: redirects are followed by hand so every hop is checked.
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)

@@ -1,0 +1,139 @@
+"""Where result images go: local disk (embedded default) or any S3-compatible bucket."""
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Presigned S3 URLs cannot outlive 7 days (SigV4).
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+
+class StorageError(RuntimeError):
+    """Result storage kept failing after retries."""
+
+
+class ResultStorage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+    def url(self, key: str, base_url: str, expires_in: int) -> str: ...
+    def read(self, key: str) -> bytes: ...
+    def delete(self, keys: list[str]) -> None: ...
+
+
+def with_retries(action: Callable[[], T], what: str, attempts: int = 4, first_delay: float = 0.2) -> T:
+    """Run action, retrying with exponential backoff; StorageError after the last failure."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if attempt == attempts:
+                raise StorageError(f"{what} failed after {attempts} attempts: {exc}") from exc
+            log.warning("%s failed (attempt %d/%d): %s; retrying in %.1fs", what, attempt, attempts, exc, delay)
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+class LocalStorage:
+    """Files under STATE_DIR/results, served by the API at /files/<key> (the key holds a random token)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, key: str) -> Path | None:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            return None
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self.path_for(key)
+        if path is None:
+            raise StorageError(f"bad key {key!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".part")
+
+        def write():
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+        with_retries(write, f"writing {key}")
+
+    def url(self, key: str, base_url: str, expires_in: int) -> str:
+        return f"{base_url.rstrip('/')}/files/{key}"
+
+    def read(self, key: str) -> bytes:
+        path = self.path_for(key)
+        if path is None:
+            raise StorageError(f"bad key {key!r}")
+        return path.read_bytes()
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            path = self.path_for(key)
+            if path is None:
+                continue
+            path.unlink(missing_ok=True)
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass
+
+
+class S3Storage:
+    """S3 / R2 / MinIO via boto3; results are read through presigned GET URLs (s3v4)."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
+                 public_base_url: str | None = None, client=None):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix
+        self.public_base_url = public_base_url
+        self.client = client or boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 3},
+                          connect_timeout=5, read_timeout=30),
+        )
+
+    def _object_key(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        with_retries(
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=data,
+                                           ContentType=content_type),
+            f"uploading s3://{self.bucket}/{self._object_key(key)}",
+        )
+
+    def url(self, key: str, base_url: str, expires_in: int) -> str:
+        if self.public_base_url:
+            return f"{self.public_base_url.rstrip('/')}/{self._object_key(key)}"
+        return self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._object_key(key)},
+            ExpiresIn=max(1, min(int(expires_in), MAX_PRESIGN_SECONDS)),
+        )
+
+    def read(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"].read()
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self._object_key(k)} for k in keys[start:start + 1000]]
+            if batch:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+
+def make_storage(settings) -> ResultStorage:
+    if settings.s3_bucket:
+        return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_public_base_url)
+    return LocalStorage(Path(settings.state_dir) / "results")
