@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 
 from schemas import MODEL_SLUG, InpaintRequest, JobStatus, describe_validation_error
-from schemas.responses import ErrorBody, ResultBody, StatusBody, SubmitResponse
+from schemas.responses import ErrorBody, Progress, ResultBody, StatusBody, SubmitResponse
 from service.auth import authenticate
 from service.config import Settings
 from service.errors import ApiError, install_error_handlers
@@ -137,7 +137,7 @@ def create_app(
         if record.status == JobStatus.QUEUED:
             body.queue_position = store.queue_position(record.id)
         if record.status == JobStatus.PROCESSING and record.progress_total:
-            body.progress = {"step": record.progress_step or 0, "total": record.progress_total}
+            body.progress = Progress(step=record.progress_step or 0, total=record.progress_total)
         return body.model_dump(exclude_none=True, mode="json") | {"metrics": record.metrics()}
 
     def failed_response(record: JobRecord) -> JSONResponse:

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     fetch_max_redirects: int = 3
 
     v1_timeout_seconds: float = Field(120.0, gt=0)
+    # On shutdown, how long to let a running job finish; an unfinished one is retried at the next start.
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
     safety_checker: bool = True
     xformers: bool = False
     feather_px: int = Field(4, ge=0, le=64)

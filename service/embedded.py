@@ -45,7 +45,8 @@ def ensure_api_key(settings: Settings) -> str | None:
 def build_embedded_app(settings: Settings, inpainter_factory=None) -> FastAPI:
     store = SQLiteJobStore(Path(settings.state_dir) / "jobs.sqlite3")
     storage = make_storage(settings)
-    dispatcher = EmbeddedDispatcher(store, storage, inpainter_factory or local_inpainter_factory(settings))
+    dispatcher = EmbeddedDispatcher(store, storage, inpainter_factory or local_inpainter_factory(settings),
+                                    shutdown_grace=settings.shutdown_grace_seconds)
     sweeper = Sweeper(store, storage, min(settings.sweep_interval_seconds, max(settings.result_ttl_seconds / 2, 1)))
     app = create_app(settings, store, storage, dispatcher, background=(dispatcher, sweeper))
     app.state.store = store

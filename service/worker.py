@@ -133,7 +133,9 @@ class Dispatcher(Protocol):
 class EmbeddedDispatcher:
     """One worker thread over a persistent queue (the job store); one job at a time per model instance."""
 
-    def __init__(self, store: JobStore, storage: ResultStorage, inpainter_factory: Callable[[], Any]):
+    def __init__(self, store: JobStore, storage: ResultStorage, inpainter_factory: Callable[[], Any],
+                 shutdown_grace: float = 10.0):
+        self.shutdown_grace = shutdown_grace
         self.store = store
         self.storage = storage
         self.inpainter_factory = inpainter_factory
@@ -151,10 +153,10 @@ class EmbeddedDispatcher:
         self._thread = threading.Thread(target=self._loop, name="inpaint-worker", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self) -> None:
         self._queue.put(None)
         if self._thread:
-            self._thread.join(timeout)
+            self._thread.join(self.shutdown_grace)
 
     def recover(self) -> None:
         """Requeue what a previous process left: queued jobs, and jobs it died in the middle of (once)."""
