@@ -50,16 +50,27 @@ class Inpainter:
         self,
         model_dir: str | Path,
         device: str | None = None,
+        dtype: torch.dtype | None = None,
         safety_checker: bool = True,
         xformers: bool = False,
         feather_px: int = 4,
     ):
         self.model_dir = Path(model_dir)
-        self.pipe = load_pipeline(model_dir, device=device, safety_checker=safety_checker, xformers=xformers)
+        self.xformers = xformers
+        self.pipe = load_pipeline(model_dir, device=device, dtype=dtype, safety_checker=safety_checker,
+                                  xformers=xformers)
         self.device = str(self.pipe.device)
         self.feather_px = feather_px
         self.schedulers = SchedulerCache(self.pipe.scheduler.config)
         self._lock = threading.Lock()
+
+    def to(self, device: str) -> "Inpainter":
+        """Move the loaded pipeline (e.g. CPU -> CUDA after a Modal memory snapshot restore)."""
+        self.pipe.to(device)
+        if self.xformers and device.startswith("cuda"):
+            self.pipe.enable_xformers_memory_efficient_attention()
+        self.device = str(self.pipe.device)
+        return self
 
     @property
     def load_seconds(self) -> float:

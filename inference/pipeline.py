@@ -60,7 +60,7 @@ def load_pipeline(
     pipe.set_progress_bar_config(disable=True)
     # diffusers uses torch's scaled_dot_product_attention (SDPA) by default on torch 2.x.
     attention = "sdpa"
-    if xformers:
+    if xformers and device.startswith("cuda"):
         try:
             pipe.enable_xformers_memory_efficient_attention()
             attention = "xformers"

@@ -213,6 +213,7 @@ def create_app(
                     "message": "the job had already finished; nothing to cancel"}
         store.update(request_id, cancel_requested=True)
         if record.status == JobStatus.QUEUED:
+            dispatcher.cancel(request_id)
             failed = store.update(request_id, status=JobStatus.FAILED, error="cancelled", finished_at=time.time())
             if failed is not None:
                 store.delete_inputs(request_id)

@@ -62,3 +62,25 @@ class Settings(BaseSettings):
     @property
     def model_name(self) -> str:
         return "tiny random-weight demo model (paints noise)" if self.demo else REAL_MODEL_NAME
+
+
+class DeployConfig(BaseSettings):
+    """Knobs of the Modal deployment, read when `modal deploy app.py` runs (prefix INPAINT_)."""
+
+    model_config = SettingsConfigDict(env_prefix="INPAINT_", extra="ignore")
+
+    app_name: str = "inpaint"
+    gpu: str = "L4"  # L4 (~$0.80/h) or A10G (~$1.10/h) suit SD1.5; see README "Pick a GPU"
+    scaledown_window: int = Field(60, ge=2, le=3600)  # idle seconds before a GPU container stops
+    min_containers: int = Field(0, ge=0)  # 0 = scale to zero
+    max_containers: int = Field(4, ge=1)  # the cost cap: never more GPUs than this
+    buffer_containers: int = Field(0, ge=0)  # warm spares while busy (cost!)
+    timeout: int = Field(600, ge=10, le=86400)  # per-job execution limit on the GPU
+    gpu_snapshot: bool = False  # experimental GPU memory snapshots
+    web_max_inputs: int = Field(100, ge=1)  # concurrent requests per web container
+    v1_timeout_seconds: float = Field(110.0, gt=0, lt=150)  # Modal web requests stop at 150 s
+    weights_volume: str = "inpaint-weights"
+    records_dict: str = "inpaint-jobs"
+    api_keys_secret: str = "inpaint-api-keys"
+    s3_secret: str = "inpaint-s3"
+    sweep_minutes: int = Field(5, ge=1)

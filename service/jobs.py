@@ -6,7 +6,6 @@ PROCESSING -> COMPLETED | FAILED; a change that would move it back, or touch
 a finished job, is ignored.
 """
 
-import json
 import sqlite3
 import threading
 import time
@@ -43,6 +42,7 @@ class JobRecord(BaseModel):
     progress_total: int | None = None
     cancel_requested: bool = False
     sync: bool = False  # submitted through v1
+    call_id: str | None = None  # Modal FunctionCall running the job (cancel uses it)
 
     def metrics(self) -> dict[str, float | None]:
         queue_time = (self.started_at - self.created_at) if self.started_at else None
@@ -194,7 +194,3 @@ class SQLiteJobStore:
 def params_of(request_json: dict[str, Any]) -> dict[str, Any]:
     """What the record keeps of a request: everything but the (possibly huge) image payloads."""
     return {k: v for k, v in request_json.items() if k not in ("image", "mask")}
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))

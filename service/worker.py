@@ -128,6 +128,7 @@ class Dispatcher(Protocol):
 
     def submit(self, job_id: str) -> None: ...
     def wait(self, job_id: str, timeout: float) -> JobOutcome | None: ...
+    def cancel(self, job_id: str) -> None: ...
 
 
 class EmbeddedDispatcher:
@@ -174,6 +175,9 @@ class EmbeddedDispatcher:
 
     def submit(self, job_id: str) -> None:
         self._queue.put(job_id)
+
+    def cancel(self, job_id: str) -> None:
+        """Nothing to do: the worker checks the job's cancel flag before it starts and at every step."""
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
