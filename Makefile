@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 TINY_MODEL ?= .models/tiny-sd-inpainting
 
-.PHONY: venv test demo serve tiny-model clean
+.PHONY: venv test demo serve tiny-model clean bench-serving bench-cold-start bench-gpu
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,12 @@ demo: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/python -m service
+
+bench-serving: $(STAMP)
+	$(BIN)/python -m scripts.bench.serving
+
+bench-cold-start: $(STAMP)
+	$(BIN)/python -m scripts.bench.cold_start
+
+bench-gpu: $(STAMP)
+	$(BIN)/python -m scripts.bench.gpu

@@ -53,12 +53,13 @@ class Inpainter:
         dtype: torch.dtype | None = None,
         safety_checker: bool = True,
         xformers: bool = False,
+        compile_unet: bool = False,
         feather_px: int = 4,
     ):
         self.model_dir = Path(model_dir)
         self.xformers = xformers
         self.pipe = load_pipeline(model_dir, device=device, dtype=dtype, safety_checker=safety_checker,
-                                  xformers=xformers)
+                                  xformers=xformers, compile_unet=compile_unet)
         self.device = str(self.pipe.device)
         self.feather_px = feather_px
         self.schedulers = SchedulerCache(self.pipe.scheduler.config)

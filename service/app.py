@@ -189,7 +189,7 @@ def create_app(
 
     @app.get("/v2/requests/{request_id}/status", tags=["v2"],
              responses={200: {"model": StatusBody}, **ERRORS_DOC})
-    def get_status(request_id: str, request: Request):
+    async def get_status(request_id: str, request: Request):
         record = owned_record(request, request_id)
         if record.status == JobStatus.FAILED:
             return failed_response(record)

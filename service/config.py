@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     safety_checker: bool = True
     xformers: bool = False
+    torch_compile: bool = False  # channels_last + fused QKV + torch.compile of the UNet (CUDA only)
     feather_px: int = Field(4, ge=0, le=64)
 
     @field_validator("api_keys", mode="before")

@@ -21,7 +21,7 @@ def local_inpainter_factory(settings: Settings):
         from inference import Inpainter  # torch is imported here, in the worker thread, not at web-tier import
 
         return Inpainter(settings.model_dir, safety_checker=settings.safety_checker, xformers=settings.xformers,
-                         feather_px=settings.feather_px)
+                         compile_unet=settings.torch_compile, feather_px=settings.feather_px)
 
     return build
 
