@@ -1,7 +1,6 @@
-"""Input preparation and the paste-back that keeps unmasked pixels exact. Pillow + numpy only."""
+"""Input preparation and the paste-back that keeps unmasked pixels exact. Pillow only."""
 
-import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageChops, ImageFilter
 
 
 def prepare_inputs(image: Image.Image, mask: Image.Image, width: int, height: int) -> tuple[Image.Image, Image.Image]:
@@ -25,12 +24,11 @@ def paste_outside_mask(original: Image.Image, generated: Image.Image, mask: Imag
     mask edge, so pixels farther than about 3*feather_px from it are the input's
     exact values, and an all-black mask returns the input unchanged.
     """
-    weight = np.asarray(mask, dtype=np.float32) / 255.0
-    if feather_px > 0:
-        soft = np.asarray(mask.filter(ImageFilter.GaussianBlur(feather_px)), dtype=np.float32) / 255.0
-        weight = np.maximum(weight, soft)
-    if not weight.any():
+    if mask.getbbox() is None:  # nothing to repaint
         return original.copy()
-    weight = weight[..., None]
-    blended = np.asarray(original, dtype=np.float32) * (1.0 - weight) + np.asarray(generated, dtype=np.float32) * weight
-    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8), "RGB")
+    weight = mask
+    if feather_px > 0:
+        weight = ImageChops.lighter(mask, mask.filter(ImageFilter.GaussianBlur(feather_px)))
+    if generated.size != original.size:
+        generated = generated.resize(original.size, Image.Resampling.LANCZOS)
+    return Image.composite(generated.convert("RGB"), original, weight)
