@@ -125,13 +125,14 @@ class Inpainter:
         settings = _settings()
         self.store = ModalDictJobStore(jobs_dict)
         self.storage = make_storage(settings)
+        self.timeout = min(settings.job_timeout_seconds, cfg.timeout - 10)
 
     @modal.method()
     def run(self, job_id: str) -> dict | None:
         from service.modal_backend import outcome_to_wire
         from service.worker import run_job
 
-        return outcome_to_wire(run_job(job_id, self.store, self.storage, self.model))
+        return outcome_to_wire(run_job(job_id, self.store, self.storage, self.model, self.timeout))
 
 
 @app.function(image=web_image, secrets=[api_keys_secret, s3_secret], env=runtime_env, scaledown_window=300)
@@ -155,12 +156,16 @@ def web():
 
 @app.function(image=web_image, secrets=[s3_secret], env=runtime_env, schedule=modal.Period(minutes=cfg.sweep_minutes))
 def sweep():
-    from service.expiry import sweep_expired
+    """Delete expired records and objects; retry once (then fail) jobs whose GPU container went silent."""
+    from service.expiry import reap_stale, sweep_expired
     from service.modal_backend import ModalDictJobStore
     from service.storage import make_storage
 
-    removed = sweep_expired(ModalDictJobStore(jobs_dict), make_storage(_settings()))
-    print(f"expiry sweep removed {removed} job(s)")
+    settings = _settings()
+    store = ModalDictJobStore(jobs_dict)
+    removed = sweep_expired(store, make_storage(settings))
+    reaped = reap_stale(store, lambda job_id: Inpainter().run.spawn(job_id), settings.lease_seconds)
+    print(f"sweep: removed {removed} expired job(s), re-dispatched or failed {reaped} silent job(s)")
 
 
 @app.function(image=download_image, volumes={"/weights": weights}, timeout=3600)

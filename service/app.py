@@ -19,6 +19,8 @@ from service.config import Settings
 from service.errors import ApiError, install_error_handlers
 from service.inputs import FetchLimits, load_input, make_client
 from service.jobs import JobRecord, JobStore, params_of
+from service.limits import check_queue, check_rate, refund_credits, spend_credits, spend_daily
+from service.logs import install_access_log, log_event, redact_url
 from service.storage import LocalStorage, ResultStorage
 from service.worker import Dispatcher
 
@@ -30,7 +32,7 @@ REQUEST_BODY_DOC = {
         "content": {"application/json": {"schema": InpaintRequest.model_json_schema()}},
     }
 }
-ERRORS_DOC = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 429, 500, 502)}
+ERRORS_DOC = {code: {"model": ErrorBody} for code in (400, 401, 404, 406, 413, 422, 429, 500, 502)}
 
 
 def create_app(
@@ -69,6 +71,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_access_log(app)
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -77,6 +80,7 @@ def create_app(
 
     def owned_record(request: Request, request_id: str) -> JobRecord:
         owner = authenticate(request, settings.api_keys)
+        request.state.owner = owner
         record = store.get(request_id)
         if record is None or record.owner != owner:  # another key's job reads exactly like an unknown one
             raise ApiError(404, f"request {request_id} not found (unknown, expired, or not yours)")
@@ -94,8 +98,10 @@ def create_app(
                 raise ApiError(413, f"request body is larger than {limit} bytes")
         return bytes(body)
 
-    async def accept(request: Request, slug: str, sync: bool) -> JobRecord:
+    async def accept(request: Request, slug: str, sync: bool) -> tuple[JobRecord, dict[str, str]]:
+        """Validate, limit, fetch inputs, charge, store, dispatch. Returns the record and extra headers."""
         owner = authenticate(request, settings.api_keys)
+        request.state.owner = owner
         if slug != MODEL_SLUG:
             raise ApiError(404, f"model {slug!r} not found (this deployment serves {MODEL_SLUG!r})")
         content_type = request.headers.get("content-type", "application/json")
@@ -113,11 +119,16 @@ def create_app(
             raise ApiError(400, message, field=field) from None
         if dispatcher.state == "error":
             raise ApiError(502, f"the worker tier is unavailable: {dispatcher.error}")
+        check_rate(store, owner, settings.rate_limit_per_second, settings.rate_limit_burst)
+        check_queue(store, settings.max_queue_depth)
         client = request.app.state.http
         image, mask = await asyncio.gather(
             load_input(inpaint.image, "image", limits, client),
             load_input(inpaint.mask, "mask", limits, client),
         )
+        spend_daily(store, inpaint.samples, settings.daily_image_cap)
+        left = spend_credits(store, owner, inpaint.samples, settings.budget_for(owner))
+        headers = {} if left is None else {"x-remaining-credits": str(left)}
         now = time.time()
         record = JobRecord(
             id=str(uuid.uuid4()),
@@ -128,9 +139,10 @@ def create_app(
             sync=sync,
         )
         store.create(record, image, mask)
+        log_event("job", request_id=record.id, status="QUEUED", owner=owner, api="v1" if sync else "v2",
+                  image=redact_url(inpaint.image), mask=redact_url(inpaint.mask), samples=inpaint.samples)
         dispatcher.submit(record.id)
-        log.info("job %s QUEUED (owner %s, %s)", record.id, owner, "v1" if sync else "v2")
-        return record
+        return record, headers
 
     def status_body(record: JobRecord) -> dict[str, Any]:
         body = StatusBody(request_id=record.id, status=record.status, metrics=record.metrics(), error=record.error)
@@ -178,14 +190,15 @@ def create_app(
     @app.post("/v2/{slug}", tags=["v2"], openapi_extra=REQUEST_BODY_DOC,
               responses={200: {"model": SubmitResponse}, **ERRORS_DOC})
     async def submit_v2(slug: str, request: Request):
-        record = await accept(request, slug, sync=False)
+        record, headers = await accept(request, slug, sync=False)
         base = base_url(request)
-        return SubmitResponse(
+        body = SubmitResponse(
             request_id=record.id,
             status_url=f"{base}/v2/requests/{record.id}/status",
             response_url=f"{base}/v2/requests/{record.id}",
             cancel_url=f"{base}/v2/requests/{record.id}/cancel",
         ).model_dump(mode="json")
+        return JSONResponse(body, headers={"x-request-id": record.id, **headers})
 
     @app.get("/v2/requests/{request_id}/status", tags=["v2"],
              responses={200: {"model": StatusBody}, **ERRORS_DOC})
@@ -217,6 +230,8 @@ def create_app(
             failed = store.update(request_id, status=JobStatus.FAILED, error="cancelled", finished_at=time.time())
             if failed is not None:
                 store.delete_inputs(request_id)
+                refund_credits(store, failed)
+                log_event("job", request_id=request_id, status="FAILED", error="cancelled")
                 return {"request_id": record.id, "status": "CANCELLED", "message": "the job had not started; it will not run"}
         return {"request_id": record.id, "status": "CANCELLING",
                 "message": "the job is running; it stops at the next denoising step and then reads FAILED 'cancelled'"}
@@ -225,7 +240,7 @@ def create_app(
               responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}}, 504: {"model": ErrorBody},
                          **ERRORS_DOC})
     async def run_v1(slug: str, request: Request):
-        record = await accept(request, slug, sync=True)
+        record, credit_headers = await accept(request, slug, sync=True)
         outcome = await asyncio.to_thread(dispatcher.wait, record.id, settings.v1_timeout_seconds)
         if outcome is None:
             base = base_url(request)
@@ -234,18 +249,19 @@ def create_app(
                 f"the request did not finish within {settings.v1_timeout_seconds:g}s. It is still running as "
                 f"request {record.id}: poll {base}/v2/requests/{record.id}/status, and use the v2 API "
                 f"(POST {base}/v2/{MODEL_SLUG}) for long jobs",
-                headers={"x-request-id": record.id},
+                headers={"x-request-id": record.id, **credit_headers},
             )
         done = outcome.record
         if done.status == JobStatus.FAILED:
             status = 422 if done.error and ("safety checker" in done.error or done.error == "cancelled") else 500
             return JSONResponse({"error": done.error, "request_id": done.id}, status_code=status,
-                                headers={"x-request-id": done.id})
+                                headers={"x-request-id": done.id, **credit_headers})
         files = outcome.files or [(storage.read(img.key), img.content_type) for img in done.images]
         headers = {
             "x-request-id": done.id,
             "x-seed-value": ",".join(str(s) for s in done.seeds),
             "x-generation-time": f"{done.inference_time or 0:.3f}",
+            **credit_headers,
         }
         params = InpaintRequest.model_validate({**done.params, "image": "-", "mask": "-"})
         if len(files) > 1:

@@ -40,6 +40,17 @@ class Settings(BaseSettings):
     fetch_read_timeout: float = 15.0
     fetch_max_redirects: int = 3
 
+    # Limits and budgets (state in the job store, so they hold across processes/containers)
+    rate_limit_per_second: float = Field(10.0, ge=0)  # per key, submissions; 0 = off
+    rate_limit_burst: int = Field(50, ge=1)
+    max_queue_depth: int = Field(1000, ge=0)  # jobs queued or running; 0 = off
+    key_credits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)  # "key=images,key2=images"
+    default_key_credits: int | None = Field(None, ge=0)  # budget for keys not in KEY_CREDITS; unset = unlimited
+    daily_image_cap: int = Field(0, ge=0)  # images per UTC day for the whole deployment; 0 = off
+    job_timeout_seconds: float = Field(600.0, gt=0)  # a job running longer is FAILED "timed out"
+    lease_seconds: float = Field(120.0, gt=0)  # a PROCESSING job silent this long is retried once, then FAILED
+    storage_retries: int = Field(4, ge=1)
+
     v1_timeout_seconds: float = Field(120.0, gt=0)
     # On shutdown, how long to let a running job finish; an unfinished one is retried at the next start.
     shutdown_grace_seconds: float = Field(10.0, ge=0)
@@ -54,6 +65,25 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("key_credits", mode="before")
+    @classmethod
+    def _parse_credits(cls, value):
+        if isinstance(value, str):
+            pairs = [p.strip() for p in value.split(",") if p.strip()]
+            try:
+                return {k.strip(): int(v) for k, v in (p.rsplit("=", 1) for p in pairs)}
+            except ValueError:
+                raise ValueError("KEY_CREDITS must look like 'key1=100,key2=20'") from None
+        return value
+
+    def budget_for(self, key_owner: str) -> int | None:
+        from service.auth import key_owner as owner_of
+
+        for key, budget in self.key_credits.items():
+            if owner_of(key) == key_owner:
+                return budget
+        return self.default_key_credits
 
     @field_validator("public_base_url", "s3_public_base_url", "s3_endpoint_url", "s3_bucket", mode="before")
     @classmethod

@@ -46,8 +46,10 @@ def build_embedded_app(settings: Settings, inpainter_factory=None) -> FastAPI:
     store = SQLiteJobStore(Path(settings.state_dir) / "jobs.sqlite3")
     storage = make_storage(settings)
     dispatcher = EmbeddedDispatcher(store, storage, inpainter_factory or local_inpainter_factory(settings),
-                                    shutdown_grace=settings.shutdown_grace_seconds)
-    sweeper = Sweeper(store, storage, min(settings.sweep_interval_seconds, max(settings.result_ttl_seconds / 2, 1)))
+                                    shutdown_grace=settings.shutdown_grace_seconds,
+                                    job_timeout=settings.job_timeout_seconds)
+    interval = min(settings.sweep_interval_seconds, max(settings.result_ttl_seconds / 2, 1))
+    sweeper = Sweeper(store, storage, interval, resubmit=dispatcher.submit, lease=settings.lease_seconds)
     app = create_app(settings, store, storage, dispatcher, background=(dispatcher, sweeper))
     app.state.store = store
     app.state.dispatcher = dispatcher

@@ -1,9 +1,11 @@
-"""Retention: records and result files are deleted once they expire."""
+"""Housekeeping: expired records and files are deleted; jobs whose worker went silent are retried or failed."""
 
 import logging
 import threading
 import time
+from typing import Callable
 
+from schemas import JobStatus
 from service.jobs import JobStore
 from service.storage import ResultStorage
 
@@ -27,11 +29,38 @@ def sweep_expired(store: JobStore, storage: ResultStorage, now: float | None = N
     return removed
 
 
-class Sweeper:
-    """Runs sweep_expired every `interval` seconds on a daemon thread (embedded default)."""
+def reap_stale(store: JobStore, resubmit: Callable[[str], None], lease: float, now: float | None = None) -> int:
+    """PROCESSING jobs with no heartbeat for `lease` seconds (their worker died or hung): dispatch again
+    once, then FAILED. Returns how many were handled."""
+    from service.worker import _fail
 
-    def __init__(self, store: JobStore, storage: ResultStorage, interval: float):
+    now = time.time() if now is None else now
+    handled = 0
+    for job_id in store.ids_with_status(JobStatus.PROCESSING):
+        record = store.get(job_id)
+        if record is None:
+            continue
+        last_seen = record.heartbeat_at or record.started_at or record.created_at
+        if now - last_seen <= lease:
+            continue
+        handled += 1
+        if record.attempts >= 2:
+            _fail(store, job_id, f"the worker stopped responding while running this job (no sign of life for "
+                                 f"{lease:g}s, retried once)")
+        else:
+            log.warning("job %s: worker silent for %.0fs; dispatching it again", job_id, now - last_seen)
+            store.update(job_id, heartbeat_at=now)
+            resubmit(job_id)
+    return handled
+
+
+class Sweeper:
+    """Runs sweep_expired (and reap_stale when given a resubmit) every `interval` seconds on a daemon thread."""
+
+    def __init__(self, store: JobStore, storage: ResultStorage, interval: float,
+                 resubmit: Callable[[str], None] | None = None, lease: float = 120.0):
         self.store, self.storage, self.interval = store, storage, interval
+        self.resubmit, self.lease = resubmit, lease
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="expiry-sweep", daemon=True)
 
@@ -45,5 +74,7 @@ class Sweeper:
         while not self._stop.wait(self.interval):
             try:
                 sweep_expired(self.store, self.storage)
+                if self.resubmit is not None:
+                    reap_stale(self.store, self.resubmit, self.lease)
             except Exception:
-                log.exception("expiry sweep failed")
+                log.exception("housekeeping sweep failed")

@@ -6,15 +6,18 @@ PROCESSING -> COMPLETED | FAILED; a change that would move it back, or touch
 a finished job, is ignored.
 """
 
+import json
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 
 from schemas import JobStatus
+
+T = TypeVar("T")
 
 
 class StoredImage(BaseModel):
@@ -40,6 +43,7 @@ class JobRecord(BaseModel):
     inference_time: float | None = None
     progress_step: int | None = None
     progress_total: int | None = None
+    heartbeat_at: float | None = None  # last sign of life from the worker running it
     cancel_requested: bool = False
     sync: bool = False  # submitted through v1
     call_id: str | None = None  # Modal FunctionCall running the job (cancel uses it)
@@ -75,6 +79,7 @@ class JobStore(Protocol):
     def count_unfinished(self) -> int: ...
     def expired(self, now: float) -> list[JobRecord]: ...
     def delete(self, job_id: str) -> None: ...
+    def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, T]]) -> T: ...
 
 
 class SQLiteJobStore:
@@ -102,6 +107,10 @@ class SQLiteJobStore:
                     id TEXT PRIMARY KEY,
                     image BLOB NOT NULL,
                     mask BLOB NOT NULL
+                );
+                CREATE TABLE IF NOT EXISTS state (
+                    name TEXT PRIMARY KEY,
+                    doc TEXT NOT NULL
                 );
                 """
             )
@@ -185,6 +194,22 @@ class SQLiteJobStore:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             self._db.execute("DELETE FROM inputs WHERE id = ?", (job_id,))
+
+    def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, T]]) -> T:
+        """Atomic read-modify-write of a small named document (rate-limit buckets, credit counters)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT doc FROM state WHERE name = ?", (name,)).fetchone()
+                new_doc, result = change(json.loads(row[0]) if row else None)
+                if new_doc is not None:
+                    self._db.execute("INSERT OR REPLACE INTO state (name, doc) VALUES (?, ?)",
+                                     (name, json.dumps(new_doc)))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return result
 
     def close(self) -> None:
         with self._lock:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 JOB = "job:"
 INPUTS = "inputs:"
+STATE = "state:"
 
 
 class ModalDictJobStore:
@@ -64,7 +65,7 @@ class ModalDictJobStore:
         self.records.pop(INPUTS + job_id, None)
 
     def _all(self) -> list[JobRecord]:
-        return [JobRecord.model_validate_json(v) for k, v in self.records.items() if k.startswith(JOB)]
+        return [JobRecord.model_validate_json(v) for k, v in self.records.items() if str(k).startswith(JOB)]
 
     def ids_with_status(self, status: JobStatus) -> list[str]:
         return [r.id for r in sorted(self._all(), key=lambda r: r.created_at) if r.status == status]
@@ -84,6 +85,14 @@ class ModalDictJobStore:
     def delete(self, job_id: str) -> None:
         self.records.pop(JOB + job_id, None)
         self.records.pop(INPUTS + job_id, None)
+
+    def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, Any]]) -> Any:
+        """Read-modify-write of a named document. Not atomic across containers (no CAS in modal.Dict):
+        concurrent writers can let a few extra requests through a limit; they never corrupt it."""
+        new_doc, result = change(self.records.get(STATE + name))
+        if new_doc is not None:
+            self.records.put(STATE + name, new_doc)
+        return result
 
 
 def outcome_to_wire(outcome: JobOutcome | None) -> dict | None:

@@ -42,8 +42,9 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 4, first_de
 class LocalStorage:
     """Files under STATE_DIR/results, served by the API at /files/<key> (the key holds a random token)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, retries: int = 4):
         self.root = root
+        self.retries = retries
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, key: str) -> Path | None:
@@ -63,7 +64,7 @@ class LocalStorage:
             tmp.write_bytes(data)
             os.replace(tmp, path)
 
-        with_retries(write, f"writing {key}")
+        with_retries(write, f"writing {key}", attempts=self.retries)
 
     def url(self, key: str, base_url: str, expires_in: int) -> str:
         return f"{base_url.rstrip('/')}/files/{key}"
@@ -90,17 +91,19 @@ class S3Storage:
     """S3 / R2 / MinIO via boto3; results are read through presigned GET URLs (s3v4)."""
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
-                 public_base_url: str | None = None, client=None):
+                 public_base_url: str | None = None, client=None, retries: int = 4):
         import boto3
         from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix
         self.public_base_url = public_base_url
+        self.retries = retries
+        # botocore's own retries are off: with_retries() below owns the policy (backoff, then a clear error).
         self.client = client or boto3.client(
             "s3",
             endpoint_url=endpoint_url,
-            config=Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 3},
+            config=Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 1},
                           connect_timeout=5, read_timeout=30),
         )
 
@@ -112,6 +115,7 @@ class S3Storage:
             lambda: self.client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=data,
                                            ContentType=content_type),
             f"uploading s3://{self.bucket}/{self._object_key(key)}",
+            attempts=self.retries,
         )
 
     def url(self, key: str, base_url: str, expires_in: int) -> str:
@@ -135,5 +139,6 @@ class S3Storage:
 
 def make_storage(settings) -> ResultStorage:
     if settings.s3_bucket:
-        return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_public_base_url)
-    return LocalStorage(Path(settings.state_dir) / "results")
+        return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_public_base_url,
+                         retries=settings.storage_retries)
+    return LocalStorage(Path(settings.state_dir) / "results", retries=settings.storage_retries)

@@ -18,6 +18,8 @@ from PIL import Image
 
 from schemas import InpaintRequest, JobStatus
 from service.jobs import JobRecord, JobStore, StoredImage
+from service.limits import refund_credits
+from service.logs import log_event
 from service.storage import ResultStorage, StorageError
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,10 @@ PROGRESS_WRITE_INTERVAL = 0.2  # seconds between progress writes to the job stor
 
 class Cancelled(Exception):
     """The job's owner cancelled it."""
+
+
+class TimedOut(Exception):
+    """The job ran past its execution timeout."""
 
 
 @dataclass
@@ -47,14 +53,21 @@ def encode_image(image: Image.Image, output_format: str) -> tuple[bytes, str]:
     return buf.getvalue(), CONTENT_TYPES[output_format]
 
 
-def _fail(store: JobStore, job_id: str, message: str) -> JobRecord | None:
-    log.info("job %s FAILED: %s", job_id, message)
+def _fail(store: JobStore, job_id: str, message: str, refund: bool = True) -> JobRecord | None:
+    """FAILED with `message`; credits are refunded unless the caller's content was the cause."""
     store.delete_inputs(job_id)
-    return store.update(job_id, status=JobStatus.FAILED, error=message, finished_at=time.time())
+    failed = store.update(job_id, status=JobStatus.FAILED, error=message, finished_at=time.time())
+    if failed is not None:
+        log_event("job", request_id=job_id, status="FAILED", error=message)
+        if refund:
+            refund_credits(store, failed)
+    return failed
 
 
-def run_job(job_id: str, store: JobStore, storage: ResultStorage, inpainter: Any) -> JobOutcome | None:
-    """Run one job to COMPLETED or FAILED. Returns None when there was nothing to run."""
+def run_job(job_id: str, store: JobStore, storage: ResultStorage, inpainter: Any,
+            timeout: float = 600.0) -> JobOutcome | None:
+    """Run one job to COMPLETED or FAILED (FAILED "timed out" past `timeout` seconds of running).
+    Returns None when there was nothing to run."""
     record = store.get(job_id)
     if record is None or record.status.terminal:
         return None
@@ -62,11 +75,12 @@ def run_job(job_id: str, store: JobStore, storage: ResultStorage, inpainter: Any
         return JobOutcome(_fail(store, job_id, "cancelled") or record)
     record = store.update(
         job_id, status=JobStatus.PROCESSING, started_at=record.started_at or time.time(),
-        attempts=record.attempts + 1,
+        attempts=record.attempts + 1, heartbeat_at=time.time(),
     )
     if record is None:
         return None
-    log.info("job %s PROCESSING (attempt %d)", job_id, record.attempts)
+    log_event("job", request_id=job_id, status="PROCESSING", attempt=record.attempts)
+    run_started = time.monotonic()
     inputs = store.get_inputs(job_id)
     if inputs is None:
         return JobOutcome(_fail(store, job_id, "job inputs are missing") or record)
@@ -79,9 +93,11 @@ def run_job(job_id: str, store: JobStore, storage: ResultStorage, inpainter: Any
         if current is None or current.cancel_requested:
             raise Cancelled()
         now = time.monotonic()
+        if now - run_started > timeout:
+            raise TimedOut()
         if now - last_write >= PROGRESS_WRITE_INTERVAL or step == total:
             last_write = now
-            store.update(job_id, progress_step=step, progress_total=total)
+            store.update(job_id, progress_step=step, progress_total=total, heartbeat_at=time.time())
 
     try:
         request = InpaintRequest.model_validate({**record.params, "image": "stored", "mask": "stored"})
@@ -91,7 +107,8 @@ def run_job(job_id: str, store: JobStore, storage: ResultStorage, inpainter: Any
         if output.any_blocked:
             flagged = sum(output.blocked)
             return JobOutcome(_fail(store, job_id, f"content blocked by the safety checker "
-                                                   f"({flagged} of {len(output.blocked)} images flagged)") or record)
+                                                   f"({flagged} of {len(output.blocked)} images flagged)",
+                                    refund=False) or record)
         token = secrets.token_urlsafe(18)
         stored, files = [], []
         extension = request.output_format
@@ -109,10 +126,13 @@ def run_job(job_id: str, store: JobStore, storage: ResultStorage, inpainter: Any
         if done is None:  # cancelled and failed meanwhile: the stored files are orphans
             storage.delete([s.key for s in stored])
             return JobOutcome(store.get(job_id) or record)
-        log.info("job %s COMPLETED in %.3fs inference", job_id, output.inference_time)
+        log_event("job", request_id=job_id, status="COMPLETED", inference_time=round(output.inference_time, 4),
+                  images=len(stored))
         return JobOutcome(done, files)
     except Cancelled:
         return JobOutcome(_fail(store, job_id, "cancelled") or record)
+    except TimedOut:
+        return JobOutcome(_fail(store, job_id, f"timed out after {timeout:g}s") or record)
     except StorageError as exc:
         return JobOutcome(_fail(store, job_id, f"storing the result failed: {exc}") or record)
     except Exception as exc:
@@ -135,8 +155,9 @@ class EmbeddedDispatcher:
     """One worker thread over a persistent queue (the job store); one job at a time per model instance."""
 
     def __init__(self, store: JobStore, storage: ResultStorage, inpainter_factory: Callable[[], Any],
-                 shutdown_grace: float = 10.0):
+                 shutdown_grace: float = 10.0, job_timeout: float = 600.0):
         self.shutdown_grace = shutdown_grace
+        self.job_timeout = job_timeout
         self.store = store
         self.storage = storage
         self.inpainter_factory = inpainter_factory
@@ -167,9 +188,9 @@ class EmbeddedDispatcher:
                 continue
             if record.attempts >= 2:
                 _fail(self.store, job_id, "the worker stopped while running this job, twice; giving up")
-            else:
-                log.warning("job %s was PROCESSING when the server stopped; retrying it", job_id)
-                self._queue.put(job_id)
+                continue
+            log.warning("job %s was PROCESSING when the server stopped; retrying it", job_id)
+            self._queue.put(job_id)
         for job_id in self.store.ids_with_status(JobStatus.QUEUED):
             self._queue.put(job_id)
 
@@ -223,7 +244,7 @@ class EmbeddedDispatcher:
             if job_id is None:
                 return
             if loaded:
-                outcome = run_job(job_id, self.store, self.storage, self.inpainter)
+                outcome = run_job(job_id, self.store, self.storage, self.inpainter, self.job_timeout)
             else:
                 _fail(self.store, job_id, self.error or "the model is unavailable")
                 outcome = None
