@@ -33,9 +33,11 @@ class InpaintRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    image: str = Field(description="http(s) URL, data: URI, or bare base64 of a PNG/JPEG/WebP image.")
-    mask: str = Field(description="Same forms as image; white = repaint, black = keep.")
-    prompt: str = Field(description="What to paint in the masked area. At most 77 CLIP tokens are used.")
+    image: str = Field(min_length=1, pattern=r"\S",
+                       description="http(s) URL, data: URI, or bare base64 of a PNG/JPEG/WebP image.")
+    mask: str = Field(min_length=1, pattern=r"\S", description="Same forms as image; white = repaint, black = keep.")
+    prompt: str = Field(min_length=1, pattern=r"\S",
+                        description="What to paint in the masked area. At most 77 CLIP tokens are used.")
     negative_prompt: str = Field("", description="What to avoid.")
     samples: int = Field(1, ge=1, le=4, description="Number of images, 1..4.")
     scheduler: SchedulerName = Field("DDIM", description="Sampler name.")
@@ -51,17 +53,8 @@ class InpaintRequest(BaseModel):
 
     @field_validator("image", "mask")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must be a URL, data: URI or base64 image, not empty")
+    def _strip(cls, value: str) -> str:
         return value.strip()
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must be a non-empty string")
-        return value
 
 
 def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
@@ -75,6 +68,8 @@ def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
             parts.append(f"unknown parameter '{field}'")
         elif item["type"] == "missing":
             parts.append(f"parameter '{field}' is required")
+        elif item["type"] in ("string_too_short", "string_pattern_mismatch"):
+            parts.append(f"parameter '{field}': must not be empty or blank")
         else:
             msg = item["msg"].removeprefix("Value error, ")
             parts.append(f"parameter '{field}': {msg}")

@@ -8,7 +8,7 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 
@@ -26,11 +26,23 @@ from service.worker import Dispatcher
 
 log = logging.getLogger(__name__)
 
+# 8x8 PNGs, so the documented example is a request that really runs.
+EXAMPLE_IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEklEQVR4nGP4f4ABK2IYlRhQCQCxBMyEZ4uU0wAAAABJRU5ErkJggg=="
+EXAMPLE_MASK = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAEElEQVR4nGP8zwABTAwUMQBJQQEPeWDz+AAAAABJRU5ErkJggg=="
 REQUEST_BODY_DOC = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": InpaintRequest.model_json_schema()}},
-    }
+        "content": {"application/json": {
+            "schema": InpaintRequest.model_json_schema(),
+            "example": {"image": EXAMPLE_IMAGE, "mask": EXAMPLE_MASK, "prompt": "a red armchair", "seed": 1},
+        }},
+    },
+}
+# Documented as an enum; any other slug is still routed here and answered 404 as the contract says.
+SLUG_PARAM = Path(description="the model", json_schema_extra={"enum": [MODEL_SLUG]})
+REQUEST_LINKS = {
+    name: {"operationId": op, "parameters": {"request_id": "$response.body#/request_id"}}
+    for name, op in (("GetStatus", "get_status"), ("GetResult", "get_result"), ("Cancel", "cancel"))
 }
 ERRORS_DOC = {code: {"model": ErrorBody} for code in (400, 401, 404, 406, 413, 422, 429, 500, 502)}
 
@@ -176,7 +188,7 @@ def create_app(
 
     # ---- routes --------------------------------------------------------------------------
 
-    @app.get("/health", tags=["ops"])
+    @app.get("/health", tags=["ops"], operation_id="health")
     def health():
         return {
             "status": {"ready": "ok"}.get(dispatcher.state, dispatcher.state),
@@ -187,9 +199,9 @@ def create_app(
             "error": dispatcher.error,
         }
 
-    @app.post("/v2/{slug}", tags=["v2"], openapi_extra=REQUEST_BODY_DOC,
-              responses={200: {"model": SubmitResponse}, **ERRORS_DOC})
-    async def submit_v2(slug: str, request: Request):
+    @app.post("/v2/{slug}", tags=["v2"], openapi_extra=REQUEST_BODY_DOC, operation_id="submit_v2",
+              responses={200: {"model": SubmitResponse, "links": REQUEST_LINKS}, **ERRORS_DOC})
+    async def submit_v2(request: Request, slug: str = SLUG_PARAM):
         record, headers = await accept(request, slug, sync=False)
         base = base_url(request)
         body = SubmitResponse(
@@ -200,7 +212,7 @@ def create_app(
         ).model_dump(mode="json")
         return JSONResponse(body, headers={"x-request-id": record.id, **headers})
 
-    @app.get("/v2/requests/{request_id}/status", tags=["v2"],
+    @app.get("/v2/requests/{request_id}/status", tags=["v2"], operation_id="get_status",
              responses={200: {"model": StatusBody}, **ERRORS_DOC})
     async def get_status(request_id: str, request: Request):
         record = owned_record(request, request_id)
@@ -208,7 +220,7 @@ def create_app(
             return failed_response(record)
         return status_body(record)
 
-    @app.get("/v2/requests/{request_id}", tags=["v2"],
+    @app.get("/v2/requests/{request_id}", tags=["v2"], operation_id="get_result",
              responses={200: {"model": ResultBody}, 202: {"model": StatusBody}, **ERRORS_DOC})
     def get_result(request_id: str, request: Request):
         record = owned_record(request, request_id)
@@ -218,7 +230,7 @@ def create_app(
             return JSONResponse(status_body(record), status_code=202)
         return result_body(record, request)
 
-    @app.post("/v2/requests/{request_id}/cancel", tags=["v2"], responses=ERRORS_DOC)
+    @app.post("/v2/requests/{request_id}/cancel", tags=["v2"], operation_id="cancel", responses=ERRORS_DOC)
     def cancel(request_id: str, request: Request):
         record = owned_record(request, request_id)
         if record.status.terminal:
@@ -236,10 +248,10 @@ def create_app(
         return {"request_id": record.id, "status": "CANCELLING",
                 "message": "the job is running; it stops at the next denoising step and then reads FAILED 'cancelled'"}
 
-    @app.post("/v1/{slug}", tags=["v1"], openapi_extra=REQUEST_BODY_DOC,
+    @app.post("/v1/{slug}", tags=["v1"], openapi_extra=REQUEST_BODY_DOC, operation_id="run_v1",
               responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}}, 504: {"model": ErrorBody},
                          **ERRORS_DOC})
-    async def run_v1(slug: str, request: Request):
+    async def run_v1(request: Request, slug: str = SLUG_PARAM):
         record, credit_headers = await accept(request, slug, sync=True)
         outcome = await asyncio.to_thread(dispatcher.wait, record.id, settings.v1_timeout_seconds)
         if outcome is None:
