@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 TINY_MODEL ?= .models/tiny-sd-inpainting
 
-.PHONY: venv test demo serve tiny-model clean bench-serving bench-cold-start bench-gpu
+.PHONY: venv test demo serve tiny-model clean bench-serving bench-cold-start bench-gpu load-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,3 +43,6 @@ bench-cold-start: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(BIN)/python -m scripts.bench.gpu
+
+load-test: $(STAMP)
+	$(BIN)/python -m scripts.load_test

@@ -32,7 +32,8 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 4, first_de
             return action()
         except Exception as exc:
             if attempt == attempts:
-                raise StorageError(f"{what} failed after {attempts} attempts: {exc}") from exc
+                log.error("%s failed after %d attempts: %s", what, attempts, exc)
+                raise StorageError(f"{what} failed after {attempts} attempts ({type(exc).__name__})") from exc
             log.warning("%s failed (attempt %d/%d): %s; retrying in %.1fs", what, attempt, attempts, exc, delay)
             time.sleep(delay)
             delay *= 2
