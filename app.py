@@ -3,7 +3,8 @@
 - web:              the same FastAPI app, light image (no torch), many requests per container
 - Inpainter:        GPU class; loads the pipeline once per container (memory snapshot), runs jobs
 - download_weights: `modal run app.py::download_weights` fills the weight Volume once
-- sweep:            scheduled deletion of expired records and result objects
+- sweep:            scheduled deletion of expired records and result objects, lease reaper
+- deliver_webhook:  signed webhook delivery with retries, off the GPU
 
 Deploy-time knobs are INPAINT_* environment variables (service.config.DeployConfig).
 """
@@ -64,6 +65,7 @@ weights = modal.Volume.from_name(cfg.weights_volume, create_if_missing=True)
 jobs_dict = modal.Dict.from_name(cfg.records_dict, create_if_missing=True)
 api_keys_secret = modal.Secret.from_name(cfg.api_keys_secret)  # API_KEYS
 s3_secret = modal.Secret.from_name(cfg.s3_secret)  # S3_BUCKET, S3_ENDPOINT_URL, AWS_* credentials
+webhook_secret = modal.Secret.from_name(cfg.webhook_secret)  # WEBHOOK_SECRET (whsec_...)
 runtime_env = {"V1_TIMEOUT_SECONDS": str(cfg.v1_timeout_seconds), "MODEL_DIR": WEIGHTS_DIR}
 
 
@@ -75,6 +77,17 @@ def _settings():
     if not settings.s3_bucket and not modal.is_local():
         raise RuntimeError(f"S3_BUCKET is not set: add it to the Modal Secret {cfg.s3_secret!r} (see README)")
     return settings
+
+
+def _store():
+    """The job store over the modal.Dict; a job that finishes with a webhook_url gets its delivery spawned."""
+    from service.modal_backend import ModalDictJobStore
+
+    def spawn_webhook(record):
+        if record.webhook_url:
+            deliver_webhook.spawn(record.id)
+
+    return ModalDictJobStore(jobs_dict, on_terminal=spawn_webhook)
 
 
 @app.cls(
@@ -117,13 +130,12 @@ class Inpainter:
         """Runs after every restore: move to the GPU, open the job store and result storage."""
         import torch
 
-        from service.modal_backend import ModalDictJobStore
         from service.storage import make_storage
 
         if torch.cuda.is_available() and not self.model.device.startswith("cuda"):
             self.model.to("cuda")
         settings = _settings()
-        self.store = ModalDictJobStore(jobs_dict)
+        self.store = _store()
         self.storage = make_storage(settings)
         self.timeout = min(settings.job_timeout_seconds, cfg.timeout - 10)
 
@@ -140,11 +152,11 @@ class Inpainter:
 @modal.asgi_app()
 def web():
     from service.app import create_app
-    from service.modal_backend import ModalDictJobStore, ModalDispatcher
+    from service.modal_backend import ModalDispatcher
     from service.storage import make_storage
 
     settings = _settings()
-    store = ModalDictJobStore(jobs_dict)
+    store = _store()
     dispatcher = ModalDispatcher(
         store,
         spawn=lambda job_id: Inpainter().run.spawn(job_id),
@@ -158,14 +170,31 @@ def web():
 def sweep():
     """Delete expired records and objects; retry once (then fail) jobs whose GPU container went silent."""
     from service.expiry import reap_stale, sweep_expired
-    from service.modal_backend import ModalDictJobStore
     from service.storage import make_storage
 
     settings = _settings()
-    store = ModalDictJobStore(jobs_dict)
+    store = _store()
     removed = sweep_expired(store, make_storage(settings))
     reaped = reap_stale(store, lambda job_id: Inpainter().run.spawn(job_id), settings.lease_seconds)
     print(f"sweep: removed {removed} expired job(s), re-dispatched or failed {reaped} silent job(s)")
+
+
+@app.function(image=web_image, secrets=[s3_secret, webhook_secret], env=runtime_env, timeout=300)
+def deliver_webhook(job_id: str):
+    """POST a finished job's signed final body to its webhook_url, with retries (off the GPU)."""
+    from service.bodies import final_body
+    from service.modal_backend import ModalDictJobStore
+    from service.storage import make_storage
+    from service.webhooks import deliver
+
+    settings = _settings()
+    record = ModalDictJobStore(jobs_dict).get(job_id)
+    if record is None or not record.webhook_url or not settings.webhook_secret:
+        print(f"webhook for {job_id}: nothing to send (record gone, no URL, or WEBHOOK_SECRET unset)")
+        return
+    deliver(record.webhook_url, final_body(record, make_storage(settings)), f"msg_{job_id}",
+            settings.webhook_secret, settings.allow_private_urls, settings.webhook_attempts,
+            settings.webhook_first_delay_seconds)
 
 
 @app.function(image=download_image, volumes={"/weights": weights}, timeout=3600)

@@ -8,16 +8,17 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 
 from schemas import MODEL_SLUG, InpaintRequest, JobStatus, describe_validation_error
 from schemas.responses import ErrorBody, Progress, ResultBody, StatusBody, SubmitResponse
 from service.auth import authenticate
+from service.bodies import completed_body, failed_body
 from service.config import Settings
 from service.errors import ApiError, install_error_handlers
-from service.inputs import FetchLimits, load_input, make_client
+from service.inputs import FetchLimits, check_webhook_url, load_input, make_client
 from service.jobs import JobRecord, JobStore, params_of
 from service.limits import check_queue, check_rate, refund_credits, spend_credits, spend_daily
 from service.logs import install_access_log, log_event, redact_url
@@ -40,6 +41,8 @@ REQUEST_BODY_DOC = {
 }
 # Documented as an enum; any other slug is still routed here and answered 404 as the contract says.
 SLUG_PARAM = Path(description="the model", json_schema_extra={"enum": [MODEL_SLUG]})
+MAX_LONG_POLL = 30.0
+STORE_POLL_INTERVAL = 0.1  # long-poll cadence where the store cannot notify (Modal)
 REQUEST_LINKS = {
     name: {"operationId": op, "parameters": {"request_id": "$response.body#/request_id"}}
     for name, op in (("GetStatus", "get_status"), ("GetResult", "get_result"), ("Cancel", "cancel"))
@@ -129,6 +132,10 @@ def create_app(
             if any(e["type"] in ("json_invalid", "model_type") for e in exc.errors()):
                 message, field = "request body must be a JSON object: " + exc.errors()[0]["msg"], None
             raise ApiError(400, message, field=field) from None
+        if inpaint.webhook_url is not None:
+            if sync:
+                raise ApiError(400, "parameter 'webhook_url': webhooks are for the v2 API only", field="webhook_url")
+            await check_webhook_url(inpaint.webhook_url, settings.allow_private_urls)
         if dispatcher.state == "error":
             raise ApiError(502, f"the worker tier is unavailable: {dispatcher.error}")
         check_rate(store, owner, settings.rate_limit_per_second, settings.rate_limit_burst)
@@ -149,12 +156,32 @@ def create_app(
             created_at=now,
             expires_at=now + settings.result_ttl_seconds,
             sync=sync,
+            base_url=base_url(request),
+            webhook_url=inpaint.webhook_url,
         )
         store.create(record, image, mask)
         log_event("job", request_id=record.id, status="QUEUED", owner=owner, api="v1" if sync else "v2",
                   image=redact_url(inpaint.image), mask=redact_url(inpaint.mask), samples=inpaint.samples)
         dispatcher.submit(record.id)
         return record, headers
+
+    async def wait_for_change(record: JobRecord, wait: float) -> JobRecord:
+        """Return as soon as the job's status differs from `record`'s, or after `wait` seconds."""
+        deadline = time.monotonic() + wait
+        changes = getattr(store, "changes", None)
+        if changes is None:  # no in-process notifications (Modal): poll the store
+            while (left := deadline - time.monotonic()) > 0:
+                await asyncio.sleep(min(STORE_POLL_INTERVAL, left))
+                current = store.get(record.id)
+                if current is None or current.status != record.status:
+                    return current or record
+            return store.get(record.id) or record
+        with changes.subscribe(record.id) as subscription:
+            current = store.get(record.id) or record
+            while current.status == record.status and (left := deadline - time.monotonic()) > 0:
+                await subscription.wait(left)
+                current = store.get(record.id) or current
+        return current
 
     def status_body(record: JobRecord) -> dict[str, Any]:
         body = StatusBody(request_id=record.id, status=record.status, metrics=record.metrics(), error=record.error)
@@ -165,26 +192,7 @@ def create_app(
         return body.model_dump(exclude_none=True, mode="json") | {"metrics": record.metrics()}
 
     def failed_response(record: JobRecord) -> JSONResponse:
-        return JSONResponse(
-            {"request_id": record.id, "status": "FAILED", "error": record.error or "failed",
-             "metrics": record.metrics()},
-            status_code=422,
-        )
-
-    def result_body(record: JobRecord, request: Request) -> dict[str, Any]:
-        expires_in = int(record.expires_at - time.time())
-        urls = [storage.url(img.key, base_url(request), expires_in) for img in record.images]
-        return ResultBody(
-            request_id=record.id,
-            status=record.status,
-            output=urls[0] if len(urls) == 1 else urls,
-            images=[
-                {"url": url, "content_type": img.content_type, "file_size": img.file_size, "seed": img.seed}
-                for url, img in zip(urls, record.images)
-            ],
-            seed=record.seeds[0] if record.seeds else None,
-            metrics=record.metrics(),
-        ).model_dump(mode="json")
+        return JSONResponse(failed_body(record), status_code=422)
 
     # ---- routes --------------------------------------------------------------------------
 
@@ -214,8 +222,13 @@ def create_app(
 
     @app.get("/v2/requests/{request_id}/status", tags=["v2"], operation_id="get_status",
              responses={200: {"model": StatusBody}, **ERRORS_DOC})
-    async def get_status(request_id: str, request: Request):
+    async def get_status(request_id: str, request: Request,
+                         wait: float = Query(0, ge=0, le=MAX_LONG_POLL,
+                                             description="extension: long-poll up to this many seconds for a "
+                                                         "status change")):
         record = owned_record(request, request_id)
+        if wait > 0 and not record.status.terminal:
+            record = await wait_for_change(record, wait)
         if record.status == JobStatus.FAILED:
             return failed_response(record)
         return status_body(record)
@@ -228,7 +241,7 @@ def create_app(
             return failed_response(record)
         if record.status != JobStatus.COMPLETED:
             return JSONResponse(status_body(record), status_code=202)
-        return result_body(record, request)
+        return completed_body(record, storage, base_url(request))
 
     @app.post("/v2/requests/{request_id}/cancel", tags=["v2"], operation_id="cancel", responses=ERRORS_DOC)
     def cancel(request_id: str, request: Request):

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(120.0, gt=0)  # a PROCESSING job silent this long is retried once, then FAILED
     storage_retries: int = Field(4, ge=1)
 
+    webhook_secret: str | None = None  # "whsec_<base64>"; generated into STATE_DIR when unset (embedded)
+    webhook_attempts: int = Field(5, ge=1, le=20)
+    webhook_first_delay_seconds: float = Field(1.0, ge=0)
+
     v1_timeout_seconds: float = Field(120.0, gt=0)
     # On shutdown, how long to let a running job finish; an unfinished one is retried at the next start.
     shutdown_grace_seconds: float = Field(10.0, ge=0)
@@ -114,4 +118,5 @@ class DeployConfig(BaseSettings):
     records_dict: str = "inpaint-jobs"
     api_keys_secret: str = "inpaint-api-keys"
     s3_secret: str = "inpaint-s3"
+    webhook_secret: str = "inpaint-webhooks"
     sweep_minutes: int = Field(5, ge=1)

@@ -11,6 +11,7 @@ from service.config import Settings
 from service.expiry import Sweeper
 from service.jobs import SQLiteJobStore
 from service.storage import make_storage
+from service.webhooks import WebhookSender, ensure_secret
 from service.worker import EmbeddedDispatcher
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,10 @@ def build_embedded_app(settings: Settings, inpainter_factory=None) -> FastAPI:
                                     job_timeout=settings.job_timeout_seconds)
     interval = min(settings.sweep_interval_seconds, max(settings.result_ttl_seconds / 2, 1))
     sweeper = Sweeper(store, storage, interval, resubmit=dispatcher.submit, lease=settings.lease_seconds)
-    app = create_app(settings, store, storage, dispatcher, background=(dispatcher, sweeper))
+    webhooks = WebhookSender(storage, ensure_secret(settings), settings.allow_private_urls,
+                             settings.webhook_attempts, settings.webhook_first_delay_seconds)
+    store.on_terminal = webhooks.on_terminal
+    app = create_app(settings, store, storage, dispatcher, background=(dispatcher, sweeper, webhooks))
     app.state.store = store
     app.state.dispatcher = dispatcher
     return app

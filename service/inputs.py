@@ -51,12 +51,12 @@ def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
     return ip.is_global and not ip.is_multicast
 
 
-async def resolve_checked(host: str, port: int, field: str, allow_private: bool) -> str:
+def resolve_checked_sync(host: str, port: int, field: str, allow_private: bool) -> str:
     """Resolve host and return one address to connect to, after checking all of them."""
     host = host.strip("[]")
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
         raise InputError(field, f"cannot resolve host {host!r}") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     if not addresses:
@@ -68,19 +68,43 @@ async def resolve_checked(host: str, port: int, field: str, allow_private: bool)
     return str(addresses[0])
 
 
+async def resolve_checked(host: str, port: int, field: str, allow_private: bool) -> str:
+    return await asyncio.to_thread(resolve_checked_sync, host, port, field, allow_private)
+
+
+def check_url_shape(url: str, field: str) -> tuple:
+    """scheme/host/credentials checks; returns (parts, port)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise InputError(field, f"URL scheme {parts.scheme!r} is not allowed (http or https only)")
+    if not parts.hostname:
+        raise InputError(field, "URL has no host")
+    if parts.username or parts.password:
+        raise InputError(field, "URLs with credentials are not allowed")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise InputError(field, "URL has an invalid port") from None
+    return parts, port
+
+
+def pinned_url(parts, ip: str, port: int) -> str:
+    """The URL with its host replaced by the checked address (the Host header keeps the name)."""
+    ip_host = f"[{ip}]" if ":" in ip else ip
+    return parts._replace(netloc=f"{ip_host}:{port}").geturl()
+
+
+async def check_webhook_url(url: str, allow_private: bool) -> None:
+    """Same SSRF rules as inputs, at submit time (delivery checks again)."""
+    parts, port = check_url_shape(url, "webhook_url")
+    await resolve_checked(parts.hostname, port, "webhook_url", allow_private)
+
+
 async def fetch_url(url: str, field: str, limits: FetchLimits, client: httpx.AsyncClient) -> bytes:
     for _hop in range(limits.max_redirects + 1):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise InputError(field, f"URL scheme {parts.scheme!r} is not allowed (http or https only)")
-        if not parts.hostname:
-            raise InputError(field, "URL has no host")
-        if parts.username or parts.password:
-            raise InputError(field, "URLs with credentials are not allowed")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        parts, port = check_url_shape(url, field)
         ip = await resolve_checked(parts.hostname, port, field, limits.allow_private)
-        ip_host = f"[{ip}]" if ":" in ip else ip
-        pinned = parts._replace(netloc=f"{ip_host}:{port}").geturl()
+        pinned = pinned_url(parts, ip, port)
         headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"}
         try:
             async with client.stream("GET", pinned, headers=headers,

@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol, TypeVar
 from pydantic import BaseModel, Field
 
 from schemas import JobStatus
+from service.changes import Changes
 
 T = TypeVar("T")
 
@@ -46,6 +47,8 @@ class JobRecord(BaseModel):
     heartbeat_at: float | None = None  # last sign of life from the worker running it
     cancel_requested: bool = False
     sync: bool = False  # submitted through v1
+    base_url: str = ""  # the public base URL at submission (for URLs in webhook bodies)
+    webhook_url: str | None = None
     call_id: str | None = None  # Modal FunctionCall running the job (cancel uses it)
 
     def metrics(self) -> dict[str, float | None]:
@@ -86,6 +89,8 @@ class SQLiteJobStore:
     """Embedded default: one SQLite file under STATE_DIR. Survives restarts."""
 
     def __init__(self, path: Path):
+        self.changes = Changes()  # long-poll handlers wait on this
+        self.on_terminal: Callable[[JobRecord], None] | None = None  # e.g. webhook delivery
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
@@ -152,7 +157,10 @@ class SQLiteJobStore:
                 "UPDATE jobs SET status = ?, doc = ? WHERE id = ?",
                 (updated.status.value, updated.model_dump_json(), job_id),
             )
-            return updated
+        self.changes.notify(job_id)
+        if updated.status.terminal and self.on_terminal is not None:
+            self.on_terminal(updated)
+        return updated
 
     def get_inputs(self, job_id: str) -> tuple[bytes, bytes] | None:
         with self._lock:

@@ -31,8 +31,9 @@ STATE = "state:"
 
 
 class ModalDictJobStore:
-    def __init__(self, records):  # a modal.Dict (or anything with get/put/pop/items)
-        self.records = records
+    def __init__(self, records, on_terminal: Callable[[JobRecord], None] | None = None):
+        self.records = records  # a modal.Dict (or anything with get/put/pop/items)
+        self.on_terminal = on_terminal  # e.g. spawn webhook delivery
 
     def create(self, record: JobRecord, image: bytes, mask: bytes) -> None:
         self.records.put(INPUTS + record.id, (image, mask))
@@ -55,6 +56,8 @@ class ModalDictJobStore:
         updated = apply_changes(current, changes)
         if updated is not None:
             self.records.put(JOB + job_id, updated.model_dump_json())
+            if updated.status.terminal and self.on_terminal is not None:
+                self.on_terminal(updated)
         return updated
 
     def get_inputs(self, job_id: str) -> tuple[bytes, bytes] | None:

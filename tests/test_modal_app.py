@@ -66,7 +66,8 @@ def recorded_app(monkeypatch):
 
 def test_app_layout_and_knobs(recorded_app):
     module, recorded = recorded_app
-    assert set(recorded) == {"Inpainter", "web", "sweep", "download_weights"}
+    assert set(recorded) == {"Inpainter", "web", "sweep", "download_weights", "deliver_webhook"}
+    assert recorded["deliver_webhook"]["secrets"] == [module.s3_secret, module.webhook_secret]
     gpu = recorded["Inpainter"]
     assert gpu["gpu"] == "A10G"
     assert (gpu["min_containers"], gpu["max_containers"], gpu["buffer_containers"]) == (0, 7, 1)
