@@ -46,7 +46,8 @@ DOWNLOAD_PACKAGES = ["huggingface-hub==2.4.0", "pydantic-settings==2.16.3"]
 web_image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install(*WEB_PACKAGES)
-    .add_local_python_source("schemas", "service")
+    # Keep non-Python files too: service/playground.html is served at /.
+    .add_local_python_source("schemas", "service", ignore=["**/__pycache__/**", "**/*.pyc"])
 )
 gpu_image = (
     modal.Image.debian_slim(python_version="3.11")

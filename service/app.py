@@ -6,10 +6,12 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Path, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 
 from schemas import MODEL_SLUG, InpaintRequest, JobStatus, describe_validation_error
@@ -40,7 +42,8 @@ REQUEST_BODY_DOC = {
     },
 }
 # Documented as an enum; any other slug is still routed here and answered 404 as the contract says.
-SLUG_PARAM = Path(description="the model", json_schema_extra={"enum": [MODEL_SLUG]})
+SLUG_PARAM = PathParam(description="the model", json_schema_extra={"enum": [MODEL_SLUG]})
+PLAYGROUND_HTML = Path(__file__).with_name("playground.html")
 MAX_LONG_POLL = 30.0
 STORE_POLL_INTERVAL = 0.1  # long-poll cadence where the store cannot notify (Modal)
 REQUEST_LINKS = {
@@ -195,6 +198,11 @@ def create_app(
         return JSONResponse(failed_body(record), status_code=422)
 
     # ---- routes --------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def playground():
+        """The web playground (no key needed to load it; the page asks for one and keeps it in the browser)."""
+        return HTMLResponse(PLAYGROUND_HTML.read_text(encoding="utf-8"))
 
     @app.get("/health", tags=["ops"], operation_id="health")
     def health():
