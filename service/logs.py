@@ -9,7 +9,7 @@ import logging
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 events = logging.getLogger("inpaint.events")
 
@@ -29,18 +29,34 @@ def log_event(event: str, **fields) -> None:
     events.info(json.dumps({"event": event, **fields}, default=str, separators=(",", ":")))
 
 
-def install_access_log(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def access_log(request: Request, call_next):
+class AccessLog:
+    """Plain ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware on the hot status path)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         started = time.perf_counter()
-        response = await call_next(request)
-        log_event(
-            "request",
-            method=request.method,
-            path=request.url.path,
-            status=response.status_code,
-            ms=round((time.perf_counter() - started) * 1000, 2),
-            request_id=response.headers.get("x-request-id"),
-            owner=getattr(request.state, "owner", None),
-        )
-        return response
+        seen = {"status": 500, "request_id": None}
+
+        async def send_and_watch(message):
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name == b"x-request-id":
+                        seen["request_id"] = value.decode()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            state = scope.get("state") or {}
+            log_event("request", method=scope["method"], path=scope["path"], status=seen["status"],
+                      ms=round((time.perf_counter() - started) * 1000, 2), request_id=seen["request_id"],
+                      owner=state.get("owner"))
+
+
+def install_access_log(app: FastAPI) -> None:
+    app.add_middleware(AccessLog)
