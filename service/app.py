@@ -257,7 +257,7 @@ def create_app(
         if record.status.terminal:
             return {"request_id": record.id, "status": record.status.value,
                     "message": "the job had already finished; nothing to cancel"}
-        store.update(request_id, cancel_requested=True)
+        store.request_cancel(request_id)
         if record.status == JobStatus.QUEUED:
             dispatcher.cancel(request_id)
             failed = store.update(request_id, status=JobStatus.FAILED, error="cancelled", finished_at=time.time())

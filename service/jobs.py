@@ -45,11 +45,10 @@ class JobRecord(BaseModel):
     progress_step: int | None = None
     progress_total: int | None = None
     heartbeat_at: float | None = None  # last sign of life from the worker running it
-    cancel_requested: bool = False
+    cancel_requested: bool = False  # SQLite keeps the flag here; the modal.Dict store under its own key
     sync: bool = False  # submitted through v1
     base_url: str = ""  # the public base URL at submission (for URLs in webhook bodies)
     webhook_url: str | None = None
-    call_id: str | None = None  # Modal FunctionCall running the job (cancel uses it)
 
     def metrics(self) -> dict[str, float | None]:
         queue_time = (self.started_at - self.created_at) if self.started_at else None
@@ -83,6 +82,8 @@ class JobStore(Protocol):
     def expired(self, now: float) -> list[JobRecord]: ...
     def delete(self, job_id: str) -> None: ...
     def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, T]]) -> T: ...
+    def request_cancel(self, job_id: str) -> None: ...
+    def cancel_requested(self, job_id: str) -> bool: ...
 
 
 class SQLiteJobStore:
@@ -202,6 +203,13 @@ class SQLiteJobStore:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             self._db.execute("DELETE FROM inputs WHERE id = ?", (job_id,))
+
+    def request_cancel(self, job_id: str) -> None:
+        self.update(job_id, cancel_requested=True)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        record = self.get(job_id)
+        return record is None or record.cancel_requested
 
     def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, T]]) -> T:
         """Atomic read-modify-write of a small named document (rate-limit buckets, credit counters)."""

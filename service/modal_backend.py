@@ -5,10 +5,13 @@ are tested against stand-ins with the same method surface; app.py wires the
 real ones.
 
 Limits worth knowing: modal.Dict has no compare-and-swap, so `update` is a
-read-modify-write. The forward-only rule holds for every writer's own view,
-and in practice only the GPU worker moves a job past QUEUED; the web tier
-writes only the record's creation, the cancel flag, and FAILED for a job
-cancelled before it started (after cancelling its FunctionCall). Scans (queue
+read-modify-write. To keep writers from overwriting each other, the record has
+one writer at a time: the web tier creates it, the GPU worker moves it past
+QUEUED. What other parties write lives under keys of its own: the cancel flag
+(`cancel:<id>`) and the FunctionCall id (`call:<id>`). The one remaining
+overlap is a cancel racing the job's start: the web tier writes FAILED only
+after cancelling the FunctionCall, and a worker that did start sees the flag
+at its next step and ends FAILED "cancelled" too. Scans (queue
 position, expiry) iterate the Dict: fine for the records of one retention
 window, not for millions.
 """
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 JOB = "job:"
 INPUTS = "inputs:"
 STATE = "state:"
+CANCEL = "cancel:"
+CALL = "call:"
 
 
 class ModalDictJobStore:
@@ -86,8 +91,20 @@ class ModalDictJobStore:
         return [r for r in self._all() if r.expires_at <= now]
 
     def delete(self, job_id: str) -> None:
-        self.records.pop(JOB + job_id, None)
-        self.records.pop(INPUTS + job_id, None)
+        for prefix in (JOB, INPUTS, CANCEL, CALL):
+            self.records.pop(prefix + job_id, None)
+
+    def request_cancel(self, job_id: str) -> None:
+        self.records.put(CANCEL + job_id, True)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.records.get(CANCEL + job_id))
+
+    def set_call_id(self, job_id: str, call_id: str) -> None:
+        self.records.put(CALL + job_id, call_id)
+
+    def call_id(self, job_id: str) -> str | None:
+        return self.records.get(CALL + job_id)
 
     def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, Any]]) -> Any:
         """Read-modify-write of a named document. Not atomic across containers (no CAS in modal.Dict):
@@ -126,22 +143,22 @@ class ModalDispatcher:
 
     def submit(self, job_id: str) -> None:
         call = self.spawn(job_id)
-        self.store.update(job_id, call_id=call.object_id)
+        self.store.set_call_id(job_id, call.object_id)
 
     def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
-        record = self.store.get(job_id)
-        if record is None or record.call_id is None:
+        call_id = self.store.call_id(job_id)
+        if call_id is None:
             return None
         try:
-            value = self.call_from_id(record.call_id).get(timeout=timeout)
+            value = self.call_from_id(call_id).get(timeout=timeout)
         except (TimeoutError, modal.exception.TimeoutError):
             return None
         return outcome_from_wire(value) or (JobOutcome(r) if (r := self.store.get(job_id)) else None)
 
     def cancel(self, job_id: str) -> None:
-        record = self.store.get(job_id)
-        if record is not None and record.call_id:
+        call_id = self.store.call_id(job_id)
+        if call_id:
             try:
-                self.call_from_id(record.call_id).cancel()
+                self.call_from_id(call_id).cancel()
             except Exception:
-                log.warning("could not cancel FunctionCall %s of job %s", record.call_id, job_id, exc_info=True)
+                log.warning("could not cancel FunctionCall %s of job %s", call_id, job_id, exc_info=True)

@@ -71,7 +71,7 @@ def run_job(job_id: str, store: JobStore, storage: ResultStorage, inpainter: Any
     record = store.get(job_id)
     if record is None or record.status.terminal:
         return None
-    if record.cancel_requested:
+    if store.cancel_requested(job_id):
         return JobOutcome(_fail(store, job_id, "cancelled") or record)
     record = store.update(
         job_id, status=JobStatus.PROCESSING, started_at=record.started_at or time.time(),
@@ -89,8 +89,7 @@ def run_job(job_id: str, store: JobStore, storage: ResultStorage, inpainter: Any
 
     def on_step(step: int, total: int) -> None:
         nonlocal last_write
-        current = store.get(job_id)
-        if current is None or current.cancel_requested:
+        if store.cancel_requested(job_id):
             raise Cancelled()
         now = time.monotonic()
         if now - run_started > timeout:
