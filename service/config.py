@@ -1,10 +1,10 @@
 """All configuration, from environment variables (same names locally and on Modal)."""
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 REAL_MODEL_NAME = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 
