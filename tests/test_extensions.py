@@ -46,38 +46,39 @@ class Receiver:
         return self.received
 
 
-def test_long_poll_returns_on_change_within_milliseconds(tmp_path, tiny_model_dir, inpainter):
+@pytest.fixture
+def gated_job(tmp_path, tiny_model_dir, inpainter):
+    """A server whose worker has taken one job and holds it until the gate opens: (client, request_id, gate)."""
     gate = threading.Event()
     with api_server(make_settings(tmp_path, tiny_model_dir), lambda: SlowInpainter(inpainter, gate=gate)) as srv:
         with client_for(srv) as client:
             request_id = client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
             time.sleep(0.2)
-            seen = client.get(f"/v2/requests/{request_id}/status").json()["status"]
-            assert seen == "PROCESSING"  # the worker took it and waits on the gate
-            started = time.monotonic()
-            timer = threading.Timer(0.5, gate.set)
-            timer.start()
-            body = client.get(f"/v2/requests/{request_id}/status", params={"wait": 10}).json()
-            waited = time.monotonic() - started
-            assert body["status"] == "COMPLETED"
-            assert waited < 5  # answered as soon as it finished, not after the 10 s
-            quiet_start = time.monotonic()
-            assert client.get(f"/v2/requests/{request_id}/status", params={"wait": 5}).json()["status"] == "COMPLETED"
-            assert time.monotonic() - quiet_start < 0.5  # finished jobs answer at once
-            bad = client.get(f"/v2/requests/{request_id}/status", params={"wait": 31})
-            assert bad.status_code == 400 and "wait" in bad.json()["error"]
-
-
-def test_long_poll_times_out_with_current_status(tmp_path, tiny_model_dir, inpainter):
-    gate = threading.Event()
-    with api_server(make_settings(tmp_path, tiny_model_dir), lambda: SlowInpainter(inpainter, gate=gate)) as srv:
-        with client_for(srv) as client:
-            request_id = client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
-            time.sleep(0.2)
-            started = time.monotonic()
-            body = client.get(f"/v2/requests/{request_id}/status", params={"wait": 0.5}).json()
-            assert body["status"] == "PROCESSING" and 0.45 < time.monotonic() - started < 3
+            assert client.get(f"/v2/requests/{request_id}/status").json()["status"] == "PROCESSING"
+            yield client, request_id, gate
             gate.set()
+
+
+def test_long_poll_returns_on_change_within_milliseconds(gated_job):
+    client, request_id, gate = gated_job
+    started = time.monotonic()
+    threading.Timer(0.5, gate.set).start()
+    body = client.get(f"/v2/requests/{request_id}/status", params={"wait": 10}).json()
+    waited = time.monotonic() - started
+    assert body["status"] == "COMPLETED"
+    assert waited < 5  # answered as soon as it finished, not after the 10 s
+    quiet_start = time.monotonic()
+    assert client.get(f"/v2/requests/{request_id}/status", params={"wait": 5}).json()["status"] == "COMPLETED"
+    assert time.monotonic() - quiet_start < 0.5  # finished jobs answer at once
+    bad = client.get(f"/v2/requests/{request_id}/status", params={"wait": 31})
+    assert bad.status_code == 400 and "wait" in bad.json()["error"]
+
+
+def test_long_poll_times_out_with_current_status(gated_job):
+    client, request_id, _ = gated_job
+    started = time.monotonic()
+    body = client.get(f"/v2/requests/{request_id}/status", params={"wait": 0.5}).json()
+    assert body["status"] == "PROCESSING" and 0.45 < time.monotonic() - started < 3
 
 
 def test_progress_and_queue_position(tmp_path, tiny_model_dir, inpainter):
