@@ -73,10 +73,6 @@ class Inpainter:
         self.device = str(self.pipe.device)
         return self
 
-    @property
-    def load_seconds(self) -> float:
-        return self.pipe.load_seconds
-
     def run(
         self,
         request: InpaintRequest,

@@ -75,8 +75,6 @@ def load_pipeline(
         "pipeline loaded from %s in %.2fs (device=%s dtype=%s attention=%s safety_checker=%s)",
         model_dir, elapsed, device, str(dtype).removeprefix("torch."), attention, pipe.safety_checker is not None,
     )
-    pipe.load_seconds = elapsed
-    pipe.attention_backend = attention
     return pipe
 
 

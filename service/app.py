@@ -96,9 +96,13 @@ def create_app(
     def base_url(request: Request) -> str:
         return (settings.public_base_url or str(request.base_url)).rstrip("/")
 
+    def owner_of(request: Request) -> str:
+        """Authenticate; the owner (a key hash) is kept on the request for the access log."""
+        request.state.owner = authenticate(request, settings.api_keys)
+        return request.state.owner
+
     def owned_record(request: Request, request_id: str) -> JobRecord:
-        owner = authenticate(request, settings.api_keys)
-        request.state.owner = owner
+        owner = owner_of(request)
         record = store.get(request_id)
         if record is None or record.owner != owner:  # another key's job reads exactly like an unknown one
             raise ApiError(404, f"request {request_id} not found (unknown, expired, or not yours)")
@@ -118,8 +122,7 @@ def create_app(
 
     async def accept(request: Request, slug: str, sync: bool) -> tuple[JobRecord, dict[str, str]]:
         """Validate, limit, fetch inputs, charge, store, dispatch. Returns the record and extra headers."""
-        owner = authenticate(request, settings.api_keys)
-        request.state.owner = owner
+        owner = owner_of(request)
         if slug != MODEL_SLUG:
             raise ApiError(404, f"model {slug!r} not found (this deployment serves {MODEL_SLUG!r})")
         content_type = request.headers.get("content-type", "application/json")
@@ -158,7 +161,6 @@ def create_app(
             params=params_of(inpaint.model_dump()),
             created_at=now,
             expires_at=now + settings.result_ttl_seconds,
-            sync=sync,
             base_url=base_url(request),
             webhook_url=inpaint.webhook_url,
         )
@@ -296,13 +298,12 @@ def create_app(
             "x-generation-time": f"{done.inference_time or 0:.3f}",
             **credit_headers,
         }
-        params = InpaintRequest.model_validate({**done.params, "image": "-", "mask": "-"})
         if len(files) > 1:
             return JSONResponse({"images": [base64.b64encode(data).decode() for data, _ in files],
                                  "seeds": done.seeds, "content_type": files[0][1], "request_id": done.id},
                                 headers=headers)
         data, content_type = files[0]
-        if params.base64:
+        if done.params.get("base64"):
             return JSONResponse({"image": base64.b64encode(data).decode(), "seed": done.seeds[0],
                                  "content_type": content_type, "request_id": done.id}, headers=headers)
         return Response(data, media_type=content_type, headers=headers)

@@ -31,7 +31,7 @@ def sweep_expired(store: JobStore, storage: ResultStorage, now: float | None = N
 
 def reap_stale(store: JobStore, resubmit: Callable[[str], None], lease: float, now: float | None = None) -> int:
     """PROCESSING jobs with no heartbeat for `lease` seconds (their worker died or hung): dispatch again
-    once, then FAILED. Returns how many were handled."""
+    once, then FAILED. lease=0 takes every PROCESSING job. Returns how many were handled."""
     from service.worker import _fail
 
     now = time.time() if now is None else now
@@ -41,12 +41,12 @@ def reap_stale(store: JobStore, resubmit: Callable[[str], None], lease: float, n
         if record is None:
             continue
         last_seen = record.heartbeat_at or record.started_at or record.created_at
-        if now - last_seen <= lease:
+        if lease > 0 and now - last_seen <= lease:
             continue
         handled += 1
         if record.attempts >= 2:
-            _fail(store, job_id, f"the worker stopped responding while running this job (no sign of life for "
-                                 f"{lease:g}s, retried once)")
+            silence = f", silent for over {lease:g}s" if lease > 0 else ""
+            _fail(store, job_id, f"the worker stopped responding while running this job (retried once{silence})")
         else:
             log.warning("job %s: worker silent for %.0fs; dispatching it again", job_id, now - last_seen)
             store.update(job_id, heartbeat_at=now)

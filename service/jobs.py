@@ -46,7 +46,6 @@ class JobRecord(BaseModel):
     progress_total: int | None = None
     heartbeat_at: float | None = None  # last sign of life from the worker running it
     cancel_requested: bool = False  # SQLite keeps the flag here; the modal.Dict store under its own key
-    sync: bool = False  # submitted through v1
     base_url: str = ""  # the public base URL at submission (for URLs in webhook bodies)
     webhook_url: str | None = None
 

@@ -17,7 +17,6 @@ import logging
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 
@@ -107,15 +106,3 @@ class WebhookSender:
     def stop(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=False)
 
-
-def ensure_secret(settings) -> str:
-    """WEBHOOK_SECRET, or a generated one kept in STATE_DIR/webhook_secret (stable across restarts)."""
-    if settings.webhook_secret:
-        return settings.webhook_secret
-    path = Path(settings.state_dir) / "webhook_secret"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not (path.is_file() and path.read_text().strip()):
-        path.write_text(new_secret() + "\n")
-        path.chmod(0o600)
-    settings.webhook_secret = path.read_text().strip()
-    return settings.webhook_secret

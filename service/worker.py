@@ -180,16 +180,10 @@ class EmbeddedDispatcher:
             self._thread.join(self.shutdown_grace)
 
     def recover(self) -> None:
-        """Requeue what a previous process left: queued jobs, and jobs it died in the middle of (once)."""
-        for job_id in self.store.ids_with_status(JobStatus.PROCESSING):
-            record = self.store.get(job_id)
-            if record is None:
-                continue
-            if record.attempts >= 2:
-                _fail(self.store, job_id, "the worker stopped while running this job, twice; giving up")
-                continue
-            log.warning("job %s was PROCESSING when the server stopped; retrying it", job_id)
-            self._queue.put(job_id)
+        """Requeue what a previous process left: jobs it died in the middle of (retried once), then queued jobs."""
+        from service.expiry import reap_stale
+
+        reap_stale(self.store, self._queue.put, lease=0)  # at start-up no PROCESSING job has a live worker
         for job_id in self.store.ids_with_status(JobStatus.QUEUED):
             self._queue.put(job_id)
 
@@ -198,9 +192,6 @@ class EmbeddedDispatcher:
 
     def cancel(self, job_id: str) -> None:
         """Nothing to do: the worker checks the job's cancel flag before it starts and at every step."""
-
-    def queue_depth(self) -> int:
-        return self._queue.qsize()
 
     def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
         """Block until the job is finished (None on timeout). Register before or after submit: both work."""
