@@ -17,7 +17,10 @@ CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,r
 
 def test_openapi_fuzz_finds_no_server_errors(tmp_path, tiny_model_dir, inpainter):
     cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
-    settings = make_settings(tmp_path, tiny_model_dir, rate_limit_per_second=0, v1_timeout_seconds=5)
+    # One unfinished job at a time (more get the documented 429), so a v1 call never waits behind the fuzzer's
+    # queued jobs; its deadline is above the slowest single tiny-model job (100 steps x 4 samples at 768²).
+    settings = make_settings(tmp_path, tiny_model_dir, rate_limit_per_second=0, max_queue_depth=1,
+                             v1_timeout_seconds=25)
     with api_server(settings, lambda: inpainter) as srv:
         result = subprocess.run(
             [cli, "run", f"{srv.url}/openapi.json", "-H", f"x-api-key: {KEY_A}", "--checks", CHECKS,
