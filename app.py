@@ -2,21 +2,28 @@
 
 - web:              the same FastAPI app, light image (no torch), many requests per container
 - Inpainter:        GPU class; loads the pipeline once per container (memory snapshot), runs jobs
-- download_weights: `modal run app.py::download_weights` fills the weight Volume once
-- sweep:            scheduled deletion of expired records and result objects, lease reaper
+- download_weights: `modal run app.py::download_weights` fills the weight Volume
+- sweep:            scheduled: expired records and result objects, jobs whose GPU call died
 - deliver_webhook:  signed webhook delivery with retries, off the GPU
 
-Deploy-time knobs are INPAINT_* environment variables (service.config.DeployConfig).
+Deploy-time knobs are INPAINT_* environment variables (service.config.DeployConfig); runtime settings are
+the same variables as the embedded server (service.config.Settings). Both are read on the machine that runs
+`modal deploy` and handed to every container as environment, so containers see what the deploy saw.
 """
 
+import os
+import time
 from pathlib import Path
 
 import modal
 
-from service.config import DeployConfig
+from service.config import DeployConfig, Settings
 
 cfg = DeployConfig()
-WEIGHTS_DIR = "/weights/sd15-inpainting"
+WEIGHTS_ROOT = "/weights"
+CURRENT_WEIGHTS = f"{WEIGHTS_ROOT}/CURRENT"  # names the weights directory in use (see download_weights)
+COMPILE_CACHE = "/compile-cache"
+LOCAL_PACKAGES = ("schemas", "service", "weights")  # what every container imports (app.py imports service)
 
 # Exact pins, Python 3.11. The web image has no torch: it cold-starts in well under a second.
 WEB_PACKAGES = [
@@ -41,60 +48,93 @@ GPU_PACKAGES = WEB_PACKAGES + [
     "torchsde==0.2.6",
     "numpy==2.4.6",
 ]
-DOWNLOAD_PACKAGES = ["huggingface-hub==2.4.0", "pydantic-settings==2.16.3"]
+DOWNLOAD_PACKAGES = ["huggingface-hub==2.4.0", "pydantic==2.14.3", "pydantic-settings==2.16.3"]
+IGNORE = ["**/__pycache__/**", "**/*.pyc"]
+
+# Settings that are not secrets travel as plain environment; keys, credits and S3 credentials come from Secrets.
+SECRET_SETTINGS = {"api_keys", "webhook_secret", "key_credits", "host", "port", "state_dir", "model_dir"}
+
+
+def container_env() -> dict[str, str]:
+    env = {f"INPAINT_{name.upper()}": str(value) for name, value in cfg.model_dump().items()}
+    for name in Settings.model_fields:
+        if name not in SECRET_SETTINGS and not name.startswith("s3_") and name.upper() in os.environ:
+            env[name.upper()] = os.environ[name.upper()]
+    env["V1_TIMEOUT_SECONDS"] = str(cfg.v1_timeout_seconds)
+    # The job's own limit stays under Modal's, so a job ends FAILED "timed out" rather than killed mid-write.
+    job_timeout = float(os.environ.get("JOB_TIMEOUT_SECONDS", cfg.timeout))
+    env["JOB_TIMEOUT_SECONDS"] = str(min(job_timeout, cfg.timeout - 10))
+    return env
+
 
 web_image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install(*WEB_PACKAGES)
     # Keep non-Python files too: service/playground.html is served at /.
-    .add_local_python_source("schemas", "service", ignore=["**/__pycache__/**", "**/*.pyc"])
+    .add_local_python_source(*LOCAL_PACKAGES, ignore=IGNORE)
 )
 gpu_image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install(*GPU_PACKAGES)
-    .env({"HF_HUB_OFFLINE": "1", "XFORMERS": "1"})
-    .add_local_python_source("schemas", "service", "inference", "scripts")
+    .env({"HF_HUB_OFFLINE": "1", "TORCHINDUCTOR_CACHE_DIR": f"{COMPILE_CACHE}/inductor",
+          "TRITON_CACHE_DIR": f"{COMPILE_CACHE}/triton"})
+    .add_local_python_source(*LOCAL_PACKAGES, "inference", ignore=IGNORE)
 )
 download_image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install(*DOWNLOAD_PACKAGES)
-    .add_local_python_source("scripts")
+    .add_local_python_source(*LOCAL_PACKAGES, ignore=IGNORE)
 )
 
 app = modal.App(cfg.app_name)
 weights = modal.Volume.from_name(cfg.weights_volume, create_if_missing=True)
-jobs_dict = modal.Dict.from_name(cfg.records_dict, create_if_missing=True)
-api_keys_secret = modal.Secret.from_name(cfg.api_keys_secret)  # API_KEYS
-s3_secret = modal.Secret.from_name(cfg.s3_secret)  # S3_BUCKET, S3_ENDPOINT_URL, AWS_* credentials
+compile_cache = modal.Volume.from_name(cfg.compile_cache_volume, create_if_missing=True)
+dicts = {
+    "records": modal.Dict.from_name(cfg.records_dict, create_if_missing=True),
+    "active": modal.Dict.from_name(cfg.active_dict, create_if_missing=True),
+    "inputs": modal.Dict.from_name(cfg.inputs_dict, create_if_missing=True),
+    "counters": modal.Dict.from_name(cfg.counters_dict, create_if_missing=True),
+}
+api_keys_secret = modal.Secret.from_name(cfg.api_keys_secret)  # API_KEYS (and KEY_CREDITS if used)
+s3_secret = modal.Secret.from_name(cfg.s3_secret)  # S3_BUCKET, AWS_REGION, AWS_* credentials
 webhook_secret = modal.Secret.from_name(cfg.webhook_secret)  # WEBHOOK_SECRET (whsec_...)
-runtime_env = {"V1_TIMEOUT_SECONDS": str(cfg.v1_timeout_seconds), "MODEL_DIR": WEIGHTS_DIR}
+runtime_env = container_env()
 
 
-def _settings():
+def _settings() -> Settings:
     """Runtime settings from env + Secrets. On Modal, results must go to S3 (containers share no disk)."""
-    from service.config import Settings
+    from service.backend import configure_logging
 
+    configure_logging()
     settings = Settings()
     if not settings.s3_bucket and not modal.is_local():
         raise RuntimeError(f"S3_BUCKET is not set: add it to the Modal Secret {cfg.s3_secret!r} (see README)")
     return settings
 
 
-def _store():
-    """The job store over the modal.Dict; a job that finishes with a webhook_url gets its delivery spawned."""
-    from service.modal_backend import ModalDictJobStore
+def _backend(settings: Settings, dispatching: bool = False):
+    """The same composition root as the embedded server, over modal.Dicts. A finished job with a webhook_url
+    gets its delivery spawned (once: only the caller that ended the job runs this hook)."""
+    from service.backend import build_modal
 
     def spawn_webhook(record):
         if record.webhook_url:
             deliver_webhook.spawn(record.id)
 
-    return ModalDictJobStore(jobs_dict, on_terminal=spawn_webhook)
+    spawn = (lambda job_id: Inpainter().run.spawn(job_id)) if dispatching else None
+    return build_modal(settings, dicts, spawn=spawn, call_from_id=modal.FunctionCall.from_id, gpu=cfg.gpu,
+                       on_terminal=spawn_webhook)
+
+
+def current_weights_dir() -> Path:
+    pointer = Path(CURRENT_WEIGHTS)
+    return Path(WEIGHTS_ROOT) / pointer.read_text().strip() if pointer.is_file() else Path(WEIGHTS_ROOT) / "missing"
 
 
 @app.cls(
     image=gpu_image,
     gpu=cfg.gpu,
-    volumes={"/weights": weights.read_only()},
+    volumes={WEIGHTS_ROOT: weights.read_only(), COMPILE_CACHE: compile_cache},
     secrets=[s3_secret],
     env=runtime_env,
     scaledown_window=cfg.scaledown_window,
@@ -108,44 +148,56 @@ def _store():
 class Inpainter:
     @modal.enter(snap=True)
     def load(self):
-        """Runs before the memory snapshot: load weights into CPU memory (GPU memory with gpu_snapshot)."""
+        """Before the memory snapshot: load the weights into CPU memory in fp16. Nothing here may ask about CUDA
+        (a CUDA query in the snapshot phase can leave torch believing there is no GPU after restore), so the
+        device and dtype are given, never detected."""
         import torch
 
-        from inference import Inpainter as Model
         from inference import WeightsNotFound
+        from service.backend import inpainter_factory
 
         settings = _settings()
-        device = "cuda" if (cfg.gpu_snapshot and torch.cuda.is_available()) else "cpu"
-        dtype = None if modal.is_local() else torch.float16  # fp16 weights stay fp16 in the snapshot
+        model_dir = settings.model_dir if modal.is_local() else current_weights_dir()
+        dtype = torch.float32 if modal.is_local() else torch.float16
         try:
-            self.model = Model(settings.model_dir, device=device, dtype=dtype, safety_checker=settings.safety_checker,
-                               xformers=settings.xformers, feather_px=settings.feather_px)
+            self.model = inpainter_factory(settings, model_dir, device="cpu", dtype=dtype)()
         except WeightsNotFound:
-            raise RuntimeError(
-                f"no weights in the Modal Volume {cfg.weights_volume!r} at {settings.model_dir}: "
-                f"fill it once with `modal run app.py::download_weights`"
-            ) from None
+            raise RuntimeError(f"no weights in the Modal Volume {cfg.weights_volume!r} ({model_dir}): fill it "
+                               f"once with `modal run app.py::download_weights`, then redeploy") from None
 
     @modal.enter(snap=False)
     def connect(self):
-        """Runs after every restore: move to the GPU, open the job store and result storage."""
+        """After every restore: move to the GPU (loudly, if there is none), compile if asked, open the stores."""
         import torch
 
-        from service.storage import make_storage
-
-        if torch.cuda.is_available() and not self.model.device.startswith("cuda"):
-            self.model.to("cuda")
         settings = _settings()
-        self.store = _store()
-        self.storage = make_storage(settings)
-        self.timeout = min(settings.job_timeout_seconds, cfg.timeout - 10)
+        if not modal.is_local():
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"no CUDA device in this GPU container ({cfg.gpu}); refusing to run on CPU")
+            self.model.to("cuda")
+            if settings.torch_compile:
+                self._warm_up()
+        self.backend = _backend(settings)
+        self.timeout = settings.job_timeout_seconds
+
+    def _warm_up(self):
+        """Run one small job so torch.compile compiles now, not on the first user request; keep its cache."""
+        from PIL import Image
+
+        from schemas import InpaintParams
+
+        started = time.perf_counter()
+        blank = Image.new("RGB", (512, 512))
+        self.model.run(InpaintParams(prompt="warm-up"), blank, Image.new("L", (512, 512), 255))
+        compile_cache.commit()
+        print(f"torch.compile warm-up took {time.perf_counter() - started:.1f}s")
 
     @modal.method()
     def run(self, job_id: str) -> dict | None:
         from service.modal_backend import outcome_to_wire
         from service.worker import run_job
 
-        return outcome_to_wire(run_job(job_id, self.store, self.storage, self.model, self.timeout))
+        return outcome_to_wire(run_job(job_id, self.backend.jobs, self.model, self.timeout))
 
 
 @app.function(image=web_image, secrets=[api_keys_secret, s3_secret], env=runtime_env, scaledown_window=300)
@@ -153,59 +205,58 @@ class Inpainter:
 @modal.asgi_app()
 def web():
     from service.app import create_app
-    from service.modal_backend import ModalDispatcher
-    from service.storage import make_storage
 
-    settings = _settings()
-    store = _store()
-    dispatcher = ModalDispatcher(
-        store,
-        spawn=lambda job_id: Inpainter().run.spawn(job_id),
-        call_from_id=modal.FunctionCall.from_id,
-        gpu=cfg.gpu,
-    )
-    return create_app(settings, store, make_storage(settings), dispatcher)
+    return create_app(_backend(_settings(), dispatching=True))
 
 
-@app.function(image=web_image, secrets=[s3_secret], env=runtime_env, schedule=modal.Period(minutes=cfg.sweep_minutes))
+@app.function(image=web_image, secrets=[api_keys_secret, s3_secret], env=runtime_env,
+              schedule=modal.Period(minutes=cfg.sweep_minutes))
 def sweep():
-    """Delete expired records and objects; retry once (then fail) jobs whose GPU container went silent."""
-    from service.expiry import reap_stale, sweep_expired
-    from service.storage import make_storage
+    """Delete expired records and objects; re-dispatch once (then fail) jobs whose GPU call died; fail queued jobs
+    whose GPU container could not start; keep credit counters from expiring."""
+    from service.auth import key_owner
+    from service.housekeeping import keep_counters_alive, reap_stale, sweep_expired
 
     settings = _settings()
-    store = _store()
-    removed = sweep_expired(store, make_storage(settings))
-    reaped = reap_stale(store, lambda job_id: Inpainter().run.spawn(job_id), settings.lease_seconds)
-    print(f"sweep: removed {removed} expired job(s), re-dispatched or failed {reaped} silent job(s)")
+    jobs = _backend(settings, dispatching=True).jobs
+    removed = sweep_expired(jobs)
+    reaped = reap_stale(jobs, settings.lease_seconds)
+    keep_counters_alive(jobs.counters, [key_owner(key) for key in settings.api_keys])
+    print(f"sweep: removed {removed} expired job(s), handled {reaped} job(s) whose GPU call was gone")
 
 
 @app.function(image=web_image, secrets=[s3_secret, webhook_secret], env=runtime_env, timeout=300)
 def deliver_webhook(job_id: str):
     """POST a finished job's signed final body to its webhook_url, with retries (off the GPU)."""
     from service.bodies import final_body
-    from service.modal_backend import ModalDictJobStore
-    from service.storage import make_storage
     from service.webhooks import deliver
 
     settings = _settings()
-    record = ModalDictJobStore(jobs_dict).get(job_id)
+    jobs = _backend(settings).jobs
+    record = jobs.records.get(job_id)
     if record is None or not record.webhook_url or not settings.webhook_secret:
         print(f"webhook for {job_id}: nothing to send (record gone, no URL, or WEBHOOK_SECRET unset)")
         return
-    deliver(record.webhook_url, final_body(record, make_storage(settings)), f"msg_{job_id}",
-            settings.webhook_secret, settings.allow_private_urls, settings.webhook_attempts,
-            settings.webhook_first_delay_seconds)
+    deliver(record.webhook_url, final_body(record, jobs.storage), f"msg_{job_id}", settings.webhook_secret,
+            settings.allow_private_urls, settings.webhook_attempts, settings.webhook_first_delay_seconds)
 
 
-@app.function(image=download_image, volumes={"/weights": weights}, timeout=3600)
+@app.function(image=download_image, volumes={WEIGHTS_ROOT: weights}, timeout=3600)
 def download_weights(force: bool = False, safety_checker: bool = True):
-    from scripts.download_weights import download
+    """Fill the weight Volume. Each download goes to a new directory and CURRENT is pointed at it: files a
+    deployed snapshot was made from are never deleted or overwritten (that breaks restores). Redeploy after
+    a forced download so new containers load the new weights."""
+    from service.backend import configure_logging
+    from weights.download import download
 
-    target = Path(WEIGHTS_DIR)
-    if (target / "model_index.json").is_file() and not force:
-        print(f"weights already in the volume at {target}; pass --force to fetch again")
+    configure_logging()
+    pointer = Path(CURRENT_WEIGHTS)
+    if pointer.is_file() and (current_weights_dir() / "model_index.json").is_file() and not force:
+        print(f"weights already in the volume at {current_weights_dir()}; pass --force to fetch a new copy")
         return
-    download(target, safety_checker=safety_checker)
+    name = f"sd15-inpainting-{time.strftime('%Y%m%d-%H%M%S')}"
+    download(Path(WEIGHTS_ROOT) / name, safety_checker=safety_checker)
+    pointer.write_text(name + "\n")
     weights.commit()
-    print(f"weights committed to the Modal Volume {cfg.weights_volume!r} at {target}")
+    print(f"weights committed to the Modal Volume {cfg.weights_volume!r} at {WEIGHTS_ROOT}/{name}. "
+          f"If the app was already deployed, run `modal deploy app.py` again so new containers use them.")

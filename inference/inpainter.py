@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from inference.compose import paste_outside_mask, prepare_inputs
-from inference.pipeline import load_pipeline
+from inference.pipeline import load_pipeline, optimize_for_gpu
 from inference.schedulers import SchedulerCache
-from schemas import InpaintRequest
+from schemas import InpaintParams
 from schemas.request import MAX_SEED
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class Inpainter:
     ):
         self.model_dir = Path(model_dir)
         self.xformers = xformers
+        self.compile_unet = compile_unet
         self.pipe = load_pipeline(model_dir, device=device, dtype=dtype, safety_checker=safety_checker,
                                   xformers=xformers, compile_unet=compile_unet)
         self.device = str(self.pipe.device)
@@ -70,12 +71,14 @@ class Inpainter:
         self.pipe.to(device)
         if self.xformers and device.startswith("cuda"):
             self.pipe.enable_xformers_memory_efficient_attention()
+        if self.compile_unet and device.startswith("cuda"):
+            optimize_for_gpu(self.pipe)
         self.device = str(self.pipe.device)
         return self
 
     def run(
         self,
-        request: InpaintRequest,
+        request: InpaintParams,
         image: Image.Image,
         mask: Image.Image,
         on_step: StepCallback | None = None,
@@ -89,7 +92,7 @@ class Inpainter:
             nonlocal steps_run
             steps_run = step_index + 1
             if on_step is not None:
-                on_step(steps_run, pipe._num_timesteps)
+                on_step(steps_run, pipe.num_timesteps)
             return callback_kwargs
 
         with self._lock:

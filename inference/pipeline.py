@@ -40,11 +40,12 @@ def load_pipeline(
     if not (model_dir / "model_index.json").is_file():
         raise WeightsNotFound(
             f"no model found in {model_dir} (model_index.json missing). Fetch the weights with "
-            f"`python -m scripts.download_weights {model_dir}`, or run `make demo` for the tiny demo model."
+            f"`python -m weights.download {model_dir}`, or run `make demo` for the tiny demo model."
         )
-    auto_device, auto_dtype = pick_device()
-    device = device or auto_device
-    dtype = dtype or (auto_dtype if device == auto_device else torch.float32)
+    if device is None:  # only then ask about CUDA: a Modal snapshot phase must not (it would see no GPU)
+        device, auto_dtype = pick_device()
+        dtype = dtype or auto_dtype
+    dtype = dtype or torch.float32
 
     started = time.perf_counter()
     extra = {} if safety_checker else {"safety_checker": None, "feature_extractor": None}

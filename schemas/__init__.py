@@ -1,12 +1,15 @@
-"""The public contract (../shared/spec/CONTRACT.md) as pydantic models. No torch here."""
+"""The public API contract (see docs/API.md) as pydantic models. No torch here."""
 
 from schemas.request import (
     MODEL_SLUG,
     SCHEDULERS,
+    InpaintParams,
     InpaintRequest,
     describe_validation_error,
 )
 from schemas.responses import (
+    CancelResponse,
+    FailedBody,
     ErrorBody,
     ImageInfo,
     JobStatus,
@@ -22,9 +25,12 @@ from schemas.responses import (
 __all__ = [
     "MODEL_SLUG",
     "SCHEDULERS",
+    "InpaintParams",
     "InpaintRequest",
     "describe_validation_error",
+    "CancelResponse",
     "ErrorBody",
+    "FailedBody",
     "ImageInfo",
     "JobStatus",
     "Metrics",

@@ -28,14 +28,11 @@ SchedulerName = Literal[SCHEDULERS]  # type: ignore[valid-type]
 MAX_SEED = 2**63 - 1
 
 
-class InpaintRequest(BaseModel):
-    """One inpainting request. Unknown keys and wrong types are refused (strict)."""
+class InpaintParams(BaseModel):
+    """Everything a job needs besides its two images: what a job record keeps and what the worker runs."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    image: str = Field(min_length=1, pattern=r"\S",
-                       description="http(s) URL, data: URI, or bare base64 of a PNG/JPEG/WebP image.")
-    mask: str = Field(min_length=1, pattern=r"\S", description="Same forms as image; white = repaint, black = keep.")
     prompt: str = Field(min_length=1, pattern=r"\S",
                         description="What to paint in the masked area. At most 77 CLIP tokens are used.")
     negative_prompt: str = Field("", description="What to avoid.")
@@ -50,6 +47,17 @@ class InpaintRequest(BaseModel):
     base64: bool = Field(False, description="v1 only: answer JSON with base64 instead of image bytes.")
     output_format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="Extension: output encoding.")
     webhook_url: str | None = Field(None, description="Extension, v2: URL POSTed the final body.")
+
+
+class InpaintRequest(InpaintParams):
+    """One inpainting request as sent over HTTP. Unknown keys and wrong types are refused (strict)."""
+
+    image: str = Field(min_length=1, pattern=r"\S",
+                       description="http(s) URL, data: URI, or bare base64 of a PNG/JPEG/WebP image.")
+    mask: str = Field(min_length=1, pattern=r"\S", description="Same forms as image; white = repaint, black = keep.")
+
+    def params(self) -> InpaintParams:
+        return InpaintParams.model_validate(self.model_dump(exclude={"image", "mask"}), strict=False)
 
     @field_validator("image", "mask")
     @classmethod

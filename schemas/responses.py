@@ -22,8 +22,11 @@ class JobStatus(str, Enum):
 
 
 class ErrorBody(BaseModel):
+    """Every error answer: what went wrong, in words, and the parameter at fault when there is one."""
+
     error: str
     field: str | None = None
+    request_id: str | None = Field(None, description="The job concerned, when the error is about one.")
 
 
 class Metrics(BaseModel):
@@ -35,6 +38,9 @@ class Metrics(BaseModel):
 class Progress(BaseModel):
     step: int
     total: int
+
+
+SEED_STR = "The seed as a decimal string: exact in JavaScript, whose numbers lose digits past 2^53."
 
 
 class SubmitResponse(BaseModel):
@@ -59,6 +65,7 @@ class ImageInfo(BaseModel):
     content_type: str
     file_size: int
     seed: int
+    seed_str: str = Field(description=SEED_STR)
 
 
 class ResultBody(BaseModel):
@@ -68,18 +75,43 @@ class ResultBody(BaseModel):
     output: str | list[str] | None = Field(None, description="Image URL, or a list when samples > 1.")
     images: list[ImageInfo] = Field(default_factory=list)
     seed: int | None = None
+    seed_str: str | None = Field(None, description=SEED_STR)
     metrics: Metrics = Field(default_factory=Metrics)
 
 
+class FailedBody(BaseModel):
+    """A FAILED job, as v2 status/result (HTTP 422) and the final webhook answer it."""
+
+    request_id: str
+    status: JobStatus = JobStatus.FAILED
+    error: str
+    failure: str | None = Field(None, description="Why, as a stable code: cancelled, blocked, timed_out, "
+                                                  "storage, unavailable, worker_lost, expired, internal.")
+    metrics: Metrics = Field(default_factory=Metrics)
+
+
+class CancelResponse(BaseModel):
+    request_id: str
+    status: str = Field(description="CANCELLED (never ran), CANCELLING (stops at the next step), or the "
+                                    "job's final status when it had already finished.")
+    message: str
+
+
 class V1Base64Response(BaseModel):
+    """v1 with base64=true and one sample."""
+
     image: str
     seed: int
+    seed_str: str = Field(description=SEED_STR)
     content_type: str
     request_id: str
 
 
 class V1MultiResponse(BaseModel):
+    """v1 with samples > 1: always JSON with base64 images."""
+
     images: list[str]
     seeds: list[int]
+    seeds_str: list[str] = Field(description=SEED_STR)
     content_type: str
     request_id: str

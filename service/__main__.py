@@ -11,8 +11,9 @@ from pathlib import Path
 
 import uvicorn
 
+from service.app import create_app
+from service.backend import build_embedded, configure_logging, ensure_api_key
 from service.config import Settings
-from service.embedded import build_embedded_app, ensure_api_key
 
 log = logging.getLogger("service")
 DEMO_MODEL_DIR = Path(".models/tiny-sd-inpainting")
@@ -23,7 +24,7 @@ def prepare_model(settings: Settings, demo: bool) -> None:
         settings.demo = True
         settings.model_dir = DEMO_MODEL_DIR
         if not (DEMO_MODEL_DIR / "model_index.json").is_file():
-            from scripts.make_tiny_model import build
+            from weights.tiny import build
 
             build(DEMO_MODEL_DIR)
         log.warning("=" * 72)
@@ -34,7 +35,7 @@ def prepare_model(settings: Settings, demo: bool) -> None:
     if (settings.model_dir / "model_index.json").is_file():
         return
     log.info("no weights in %s; downloading them once (about 2.1 GB)", settings.model_dir)
-    from scripts.download_weights import REPO_ID, download
+    from weights.download import REPO_ID, download
 
     try:
         download(settings.model_dir, safety_checker=settings.safety_checker)
@@ -43,7 +44,7 @@ def prepare_model(settings: Settings, demo: bool) -> None:
             f"error: no model in MODEL_DIR={settings.model_dir} and it could not be downloaded "
             f"from {REPO_ID}: {exc}\n"
             f"Fetch it where the Hugging Face hub is reachable with "
-            f"`python -m scripts.download_weights {settings.model_dir}` and copy it here, "
+            f"`python -m weights.download {settings.model_dir}` and copy it here, "
             f"set MODEL_DIR to a directory that holds it, or run `make demo` for the tiny demo model."
         )
 
@@ -52,12 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true", help="serve the tiny random-weight demo model")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
 
     settings = Settings()
     prepare_model(settings, args.demo)
     generated = ensure_api_key(settings)
-    app = build_embedded_app(settings)
+    app = create_app(build_embedded(settings))
     url = settings.public_base_url or f"http://{settings.host}:{settings.port}"
     if generated:
         log.warning("no API_KEYS set: use this generated key (kept in %s/api_key): %s", settings.state_dir, generated)

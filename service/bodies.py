@@ -3,14 +3,15 @@
 import time
 from typing import Any
 
-from schemas.responses import ResultBody
+from schemas import FailedBody, ImageInfo, ResultBody
 from service.jobs import JobRecord
 from service.storage import ResultStorage
 
 
 def failed_body(record: JobRecord) -> dict[str, Any]:
-    return {"request_id": record.id, "status": "FAILED", "error": record.error or "failed",
-            "metrics": record.metrics()}
+    return FailedBody(request_id=record.id, error=record.error or "failed",
+                      failure=record.failure.value if record.failure else None,
+                      metrics=record.metrics()).model_dump(mode="json")
 
 
 def completed_body(record: JobRecord, storage: ResultStorage, base_url: str) -> dict[str, Any]:
@@ -20,9 +21,10 @@ def completed_body(record: JobRecord, storage: ResultStorage, base_url: str) -> 
         request_id=record.id,
         status=record.status,
         output=urls[0] if len(urls) == 1 else urls,
-        images=[{"url": url, "content_type": img.content_type, "file_size": img.file_size, "seed": img.seed}
-                for url, img in zip(urls, record.images)],
+        images=[ImageInfo(url=url, content_type=img.content_type, file_size=img.file_size, seed=img.seed,
+                          seed_str=str(img.seed)) for url, img in zip(urls, record.images)],
         seed=record.seeds[0] if record.seeds else None,
+        seed_str=str(record.seeds[0]) if record.seeds else None,
         metrics=record.metrics(),
     ).model_dump(mode="json")
 

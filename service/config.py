@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REAL_MODEL_NAME = "stable-diffusion-v1-5/stable-diffusion-inpainting"
@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_prefix: str = "inpaint/"
     s3_public_base_url: str | None = None  # e.g. a CDN in front of the bucket; else presigned URLs
+    # The bucket's region, passed to boto3 explicitly: presigned URLs are signed for it (botocore reads only
+    # AWS_DEFAULT_REGION by itself; a URL signed for the wrong region fails for buckets outside us-east-1).
+    s3_region: str | None = Field(None, validation_alias=AliasChoices("S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"))
 
     max_body_bytes: int = 32 * 1024 * 1024
     input_max_bytes: int = 20 * 1024 * 1024
@@ -89,7 +92,8 @@ class Settings(BaseSettings):
                 return budget
         return self.default_key_credits
 
-    @field_validator("public_base_url", "s3_public_base_url", "s3_endpoint_url", "s3_bucket", mode="before")
+    @field_validator("public_base_url", "s3_public_base_url", "s3_endpoint_url", "s3_bucket", "s3_region",
+                     mode="before")
     @classmethod
     def _blank_is_none(cls, value):
         return value or None
@@ -100,7 +104,8 @@ class Settings(BaseSettings):
 
 
 class DeployConfig(BaseSettings):
-    """Knobs of the Modal deployment, read when `modal deploy app.py` runs (prefix INPAINT_)."""
+    """Knobs of the Modal deployment, read when `modal deploy app.py` runs (prefix INPAINT_). app.py hands the
+    same values to every container as environment variables, so containers read what the deploy read."""
 
     model_config = SettingsConfigDict(env_prefix="INPAINT_", extra="ignore")
 
@@ -113,7 +118,11 @@ class DeployConfig(BaseSettings):
     timeout: int = Field(600, ge=10, le=86400)  # per-job execution limit on the GPU
     gpu_snapshot: bool = False  # experimental GPU memory snapshots
     web_max_inputs: int = Field(100, ge=1)  # concurrent requests per web container
-    v1_timeout_seconds: float = Field(110.0, gt=0, lt=150)  # Modal web requests stop at 150 s
+    v1_timeout_seconds: float = Field(110.0, gt=0, lt=150)  # Modal web requests stop at 150 s, counted from arrival
+    compile_cache_volume: str = "inpaint-compile-cache"
+    inputs_dict: str = "inpaint-inputs"
+    active_dict: str = "inpaint-active"
+    counters_dict: str = "inpaint-counters"
     weights_volume: str = "inpaint-weights"
     records_dict: str = "inpaint-jobs"
     api_keys_secret: str = "inpaint-api-keys"

@@ -1,117 +1,158 @@
-"""The Modal backends: job records in a modal.Dict, dispatch by spawning the GPU class's method.
+"""The Modal backend: state in modal.Dicts, dispatch by spawning the GPU class's method.
 
-Both take the Modal objects as arguments (a modal.Dict, a modal method), so they
-are tested against stand-ins with the same method surface; app.py wires the
-real ones.
+Everything takes the Modal objects as arguments, so tests run it over stand-ins
+with modal.Dict's method surface (tests/standins.py); app.py wires the real ones.
 
-Limits worth knowing: modal.Dict has no compare-and-swap, so `update` is a
-read-modify-write. To keep writers from overwriting each other, the record has
-one writer at a time: the web tier creates it, the GPU worker moves it past
-QUEUED. What other parties write lives under keys of its own: the cancel flag
-(`cancel:<id>`) and the FunctionCall id (`call:<id>`). The one remaining
-overlap is a cancel racing the job's start: the web tier writes FAILED only
-after cancelling the FunctionCall, and a worker that did start sees the flag
-at its next step and ends FAILED "cancelled" too. Scans (queue
-position, expiry) iterate the Dict: fine for the records of one retention
-window, not for millions.
+Four Dicts, so no request path ever scans big values:
+- records:  `job:<id>` the live record (the web tier creates it, then only the GPU worker writes it),
+            `final:<id>` the finished record, `cancel:<id>`, `call:<id>` (FunctionCall id, dispatch time),
+            `claim:<name>` once-only steps;
+- active:   `<id>` -> {created_at, status} for unfinished jobs only: its len() is the queue depth;
+- inputs:   `<id>` -> (image, mask) bytes, popped when the job ends;
+- counters: rate buckets, credits, the daily cap.
+
+modal.Dict has no compare-and-swap, but `put(key, value, skip_if_exists=True)` tells
+the one caller that created the key. Every step that must happen once is built on
+that: a job's end is the creation of `final:<id>` (so a late write to `job:<id>`
+can never move a finished job back, and refund and webhook follow the one winner),
+and each attempt is a `claim:attempt<n>:<id>` (so two copies of one spawn never
+both run). Readers look at `final:` first.
+
+Counters are read-modify-write: concurrent web containers can let a few extra
+requests through a rate limit, never corrupt it. The queue cap reads len() then
+creates: near the cap, concurrent containers can overshoot by their number.
 """
 
+import asyncio
 import logging
 import time
 from typing import Any, Callable
 
-import modal.exception
-
 from schemas import JobStatus
+from service.job_service import JobOutcome, WorkerFailed, run_blocking
 from service.jobs import JobRecord, apply_changes
-from service.worker import JobOutcome
 
 log = logging.getLogger(__name__)
 
-JOB = "job:"
-INPUTS = "inputs:"
-STATE = "state:"
-CANCEL = "cancel:"
-CALL = "call:"
+JOB, FINAL, CANCEL, CALL, CLAIM = "job:", "final:", "cancel:", "call:", "claim:"
+ATTEMPT_CLAIMS = ("attempt1", "attempt2", "attempt3")
 
 
-class ModalDictJobStore:
-    def __init__(self, records, on_terminal: Callable[[JobRecord], None] | None = None):
-        self.records = records  # a modal.Dict (or anything with get/put/pop/items)
-        self.on_terminal = on_terminal  # e.g. spawn webhook delivery
+class DictRecords:
+    """JobRecords over modal.Dicts (`records` and the `active` index)."""
 
-    def create(self, record: JobRecord, image: bytes, mask: bytes) -> None:
-        self.records.put(INPUTS + record.id, (image, mask))
-        self.records.put(JOB + record.id, record.model_dump_json())
+    def __init__(self, records, active):
+        self.dict = records
+        self.active = active
 
-    def _read(self, job_id: str) -> JobRecord | None:
-        raw = self.records.get(JOB + job_id)
+    def create(self, record: JobRecord, max_unfinished: int = 0) -> bool:
+        if max_unfinished > 0 and self.active.len() >= max_unfinished:
+            return False
+        self.dict.put(JOB + record.id, record.model_dump_json())
+        self.active.put(record.id, {"created_at": record.created_at, "status": record.status.value})
+        return True
+
+    def _live(self, job_id: str) -> JobRecord | None:
+        raw = self.dict.get(JOB + job_id)
         return JobRecord.model_validate_json(raw) if raw else None
 
     def get(self, job_id: str) -> JobRecord | None:
-        record = self._read(job_id)
+        raw = self.dict.get(FINAL + job_id) or self.dict.get(JOB + job_id)
+        record = JobRecord.model_validate_json(raw) if raw else None
         if record is None or record.expires_at <= time.time():
             return None
         return record
 
     def update(self, job_id: str, **changes: Any) -> JobRecord | None:
-        current = self._read(job_id)
-        if current is None:
+        current = self._live(job_id)
+        updated = apply_changes(current, changes) if current is not None else None
+        if updated is None or updated.status.terminal:
             return None
-        updated = apply_changes(current, changes)
-        if updated is not None:
-            self.records.put(JOB + job_id, updated.model_dump_json())
-            if updated.status.terminal and self.on_terminal is not None:
-                self.on_terminal(updated)
+        self.dict.put(JOB + job_id, updated.model_dump_json())
+        if updated.status != current.status:
+            self.active.put(job_id, {"created_at": updated.created_at, "status": updated.status.value})
         return updated
 
-    def get_inputs(self, job_id: str) -> tuple[bytes, bytes] | None:
-        value = self.records.get(INPUTS + job_id)
-        return (value[0], value[1]) if value else None
+    def finish(self, job_id: str, **changes: Any) -> JobRecord | None:
+        current = self._live(job_id)
+        finished = apply_changes(current, changes) if current is not None else None
+        if finished is None or not finished.status.terminal:
+            return None
+        if not self.dict.put(FINAL + job_id, finished.model_dump_json(), skip_if_exists=True):
+            return None  # another party ended it first
+        self.active.pop(job_id, None)
+        return finished
 
-    def delete_inputs(self, job_id: str) -> None:
-        self.records.pop(INPUTS + job_id, None)
-
-    def _all(self) -> list[JobRecord]:
-        return [JobRecord.model_validate_json(v) for k, v in self.records.items() if str(k).startswith(JOB)]
-
-    def ids_with_status(self, status: JobStatus) -> list[str]:
-        return [r.id for r in sorted(self._all(), key=lambda r: r.created_at) if r.status == status]
-
-    def queue_position(self, job_id: str) -> int:
-        record = self._read(job_id)
-        if record is None:
-            return 0
-        return sum(1 for r in self._all() if r.status == JobStatus.QUEUED and r.created_at < record.created_at)
-
-    def count_unfinished(self) -> int:
-        return sum(1 for r in self._all() if not r.status.terminal)
-
-    def expired(self, now: float) -> list[JobRecord]:
-        return [r for r in self._all() if r.expires_at <= now]
-
-    def delete(self, job_id: str) -> None:
-        for prefix in (JOB, INPUTS, CANCEL, CALL):
-            self.records.pop(prefix + job_id, None)
+    def claim(self, name: str) -> bool:
+        return self.dict.put(CLAIM + name, time.time(), skip_if_exists=True)
 
     def request_cancel(self, job_id: str) -> None:
-        self.records.put(CANCEL + job_id, True)
+        self.dict.put(CANCEL + job_id, True)
 
     def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.records.get(CANCEL + job_id))
+        return bool(self.dict.get(CANCEL + job_id))
 
-    def set_call_id(self, job_id: str, call_id: str) -> None:
-        self.records.put(CALL + job_id, call_id)
+    def unfinished(self) -> int:
+        return self.active.len()
 
-    def call_id(self, job_id: str) -> str | None:
-        return self.records.get(CALL + job_id)
+    def _active_entries(self) -> list[tuple[str, dict]]:
+        return sorted(self.active.items(), key=lambda item: item[1]["created_at"])
+
+    def queue_position(self, job_id: str) -> int:
+        mine = self.active.get(job_id)
+        if mine is None:
+            return 0
+        return sum(1 for _, entry in self._active_entries()
+                   if entry["status"] == "QUEUED" and entry["created_at"] < mine["created_at"])
+
+    def unfinished_ids(self, status: JobStatus) -> list[str]:
+        return [job_id for job_id, entry in self._active_entries() if entry["status"] == status.value]
+
+    def expired(self, now: float) -> list[JobRecord]:
+        """Housekeeping only: one pass over the records Dict (small JSON values; inputs live elsewhere)."""
+        found: dict[str, JobRecord] = {}
+        for key, value in self.dict.items():
+            if isinstance(key, str) and key.startswith((JOB, FINAL)):
+                record = JobRecord.model_validate_json(value)
+                if record.expires_at <= now and (key.startswith(FINAL) or record.id not in found):
+                    found[record.id] = record
+        return list(found.values())
+
+    def delete(self, job_id: str) -> None:
+        for key in (JOB, FINAL, CANCEL, CALL):
+            self.dict.pop(key + job_id, None)
+        for step in ATTEMPT_CLAIMS:
+            self.dict.pop(f"{CLAIM}{step}:{job_id}", None)
+        self.active.pop(job_id, None)
+
+
+class DictInputs:
+    """InputBlobs in their own modal.Dict."""
+
+    def __init__(self, inputs):
+        self.dict = inputs
+
+    def put(self, job_id: str, image: bytes, mask: bytes) -> None:
+        self.dict.put(job_id, (image, mask))
+
+    def get(self, job_id: str) -> tuple[bytes, bytes] | None:
+        value = self.dict.get(job_id)
+        return (value[0], value[1]) if value else None
+
+    def delete(self, job_id: str) -> None:
+        self.dict.pop(job_id, None)
+
+
+class DictCounters:
+    """Counters in a modal.Dict (read-modify-write; see the module docstring)."""
+
+    def __init__(self, counters):
+        self.dict = counters
 
     def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, Any]]) -> Any:
-        """Read-modify-write of a named document. Not atomic across containers (no CAS in modal.Dict):
-        concurrent writers can let a few extra requests through a limit; they never corrupt it."""
-        new_doc, result = change(self.records.get(STATE + name))
+        new_doc, result = change(self.dict.get(name))
         if new_doc is not None:
-            self.records.put(STATE + name, new_doc)
+            self.dict.put(name, new_doc)
         return result
 
 
@@ -128,37 +169,72 @@ def outcome_from_wire(value: dict | None) -> JobOutcome | None:
     return JobOutcome(JobRecord.model_validate(value["record"]), [tuple(f) for f in value["files"]])
 
 
+def describe_call_error(exc: BaseException) -> str:
+    name = type(exc).__name__
+    return f"the GPU worker failed ({name}: {exc})" if str(exc) else f"the GPU worker failed ({name})"
+
+
 class ModalDispatcher:
-    """Dispatch = `Inpainter().run.spawn(job_id)`; a v1 caller blocks on that FunctionCall."""
+    """Dispatch = `Inpainter().run.spawn(job_id)`; the FunctionCall id is kept under `call:<id>`."""
 
     state = "ready"  # GPU containers start on demand; there is nothing to load in the web tier
     error = None
 
-    def __init__(self, store: ModalDictJobStore, spawn: Callable[[str], Any], call_from_id: Callable[[str], Any],
+    def __init__(self, records: DictRecords, spawn: Callable[[str], Any], call_from_id: Callable[[str], Any],
                  gpu: str):
-        self.store = store
+        self.records = records
         self.spawn = spawn
         self.call_from_id = call_from_id
         self.device = f"modal:{gpu}"
 
     def submit(self, job_id: str) -> None:
         call = self.spawn(job_id)
-        self.store.set_call_id(job_id, call.object_id)
+        self.records.dict.put(CALL + job_id, {"id": call.object_id, "at": time.time()})
 
-    def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
-        call_id = self.store.call_id(job_id)
-        if call_id is None:
-            return None
-        try:
-            value = self.call_from_id(call_id).get(timeout=timeout)
-        except (TimeoutError, modal.exception.TimeoutError):
-            return None
-        return outcome_from_wire(value) or (JobOutcome(r) if (r := self.store.get(job_id)) else None)
+    def _call(self, job_id: str):
+        entry = self.records.dict.get(CALL + job_id)
+        return self.call_from_id(entry["id"]) if entry else None
+
+    def redispatch(self, job_id: str) -> None:
+        self.cancel(job_id)
+        self.submit(job_id)
 
     def cancel(self, job_id: str) -> None:
-        call_id = self.store.call_id(job_id)
-        if call_id:
+        call = self._call(job_id)
+        if call is not None:
             try:
-                self.call_from_id(call_id).cancel()
+                call.cancel()
             except Exception:
-                log.warning("could not cancel FunctionCall %s of job %s", call_id, job_id, exc_info=True)
+                log.warning("could not cancel the FunctionCall of job %s", job_id, exc_info=True)
+
+    def last_dispatch(self, job_id: str) -> float | None:
+        entry = self.records.dict.get(CALL + job_id)
+        return entry["at"] if entry else None
+
+    def call_state(self, job_id: str) -> str | None:
+        call = self._call(job_id)
+        if call is None:
+            return "the job was never handed to a worker"
+        try:
+            call.get(timeout=0)
+        except TimeoutError:  # the builtin one: the call is still pending or running
+            return None
+        except BaseException as exc:  # noqa: BLE001 - OutputExpiredError, FunctionTimeoutError, remote errors
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return describe_call_error(exc)
+        return "the worker returned without finishing the job"
+
+    async def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
+        call = await run_blocking(self._call, job_id)
+        if call is None:
+            return None
+        try:
+            value = await call.get.aio(timeout=timeout)
+        except TimeoutError:  # the builtin one: still running. Modal's TimeoutError subclasses mean it is gone.
+            return None
+        except BaseException as exc:  # noqa: BLE001 - remote errors, InputCancellation (a BaseException)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
+                raise
+            raise WorkerFailed(describe_call_error(exc)) from exc
+        return outcome_from_wire(value)

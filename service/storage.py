@@ -92,7 +92,7 @@ class S3Storage:
     """S3 / R2 / MinIO via boto3; results are read through presigned GET URLs (s3v4)."""
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
-                 public_base_url: str | None = None, client=None, retries: int = 4):
+                 public_base_url: str | None = None, client=None, retries: int = 4, region: str | None = None):
         import boto3
         from botocore.config import Config
 
@@ -104,6 +104,7 @@ class S3Storage:
         self.client = client or boto3.client(
             "s3",
             endpoint_url=endpoint_url,
+            region_name=region,
             config=Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 1},
                           connect_timeout=5, read_timeout=30),
         )
@@ -141,5 +142,5 @@ class S3Storage:
 def make_storage(settings) -> ResultStorage:
     if settings.s3_bucket:
         return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_public_base_url,
-                         retries=settings.storage_retries)
+                         retries=settings.storage_retries, region=settings.s3_region)
     return LocalStorage(Path(settings.state_dir) / "results", retries=settings.storage_retries)

@@ -95,7 +95,10 @@ class WebhookSender:
 
     def on_terminal(self, record: JobRecord) -> None:
         if record.webhook_url:
-            self.pool.submit(self.send, record)
+            try:
+                self.pool.submit(self.send, record)
+            except RuntimeError:  # shutting down: deliver on the caller's thread rather than drop it
+                self.send(record)
 
     def send(self, record: JobRecord) -> bool:
         return deliver(record.webhook_url, final_body(record, self.storage), f"msg_{record.id}", self.secret,

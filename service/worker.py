@@ -1,6 +1,6 @@
 """Running jobs: the step every backend shares (`run_job`) and the embedded in-process dispatcher.
 
-`run_job` takes any object with Inpainter's `run(request, image, mask, on_step)`
+`run_job` takes any object with Inpainter's `run(params, image, mask, on_step)`
 method, so this module never imports torch: the embedded server passes an
 `inference.Inpainter`, the Modal GPU class passes its own.
 """
@@ -11,16 +11,15 @@ import queue
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from PIL import Image
 
-from schemas import InpaintRequest, JobStatus
-from service.jobs import JobRecord, JobStore, StoredImage
-from service.limits import refund_credits
-from service.logs import log_event
-from service.storage import ResultStorage, StorageError
+from schemas import InpaintParams, JobStatus
+from service.failures import Failure
+from service.job_service import JobOutcome, JobService, run_blocking
+from service.jobs import StoredImage
+from service.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +35,6 @@ class TimedOut(Exception):
     """The job ran past its execution timeout."""
 
 
-@dataclass
-class JobOutcome:
-    record: JobRecord
-    files: list[tuple[bytes, str]] = field(default_factory=list)  # (bytes, content type) per image
-
-
 def encode_image(image: Image.Image, output_format: str) -> tuple[bytes, str]:
     buf = io.BytesIO()
     if output_format == "jpeg":
@@ -53,124 +46,99 @@ def encode_image(image: Image.Image, output_format: str) -> tuple[bytes, str]:
     return buf.getvalue(), CONTENT_TYPES[output_format]
 
 
-def _fail(store: JobStore, job_id: str, message: str, refund: bool = True) -> JobRecord | None:
-    """FAILED with `message`; credits are refunded unless the caller's content was the cause."""
-    store.delete_inputs(job_id)
-    failed = store.update(job_id, status=JobStatus.FAILED, error=message, finished_at=time.time())
-    if failed is not None:
-        log_event("job", request_id=job_id, status="FAILED", error=message)
-        if refund:
-            refund_credits(store, failed)
-    return failed
-
-
-def run_job(job_id: str, store: JobStore, storage: ResultStorage, inpainter: Any,
-            timeout: float = 600.0) -> JobOutcome | None:
+def run_job(job_id: str, jobs: JobService, inpainter: Any, timeout: float = 600.0) -> JobOutcome | None:
     """Run one job to COMPLETED or FAILED (FAILED "timed out" past `timeout` seconds of running).
-    Returns None when there was nothing to run."""
-    record = store.get(job_id)
-    if record is None or record.status.terminal:
-        return None
-    if store.cancel_requested(job_id):
-        return JobOutcome(_fail(store, job_id, "cancelled") or record)
-    record = store.update(
-        job_id, status=JobStatus.PROCESSING, started_at=record.started_at or time.time(),
-        attempts=record.attempts + 1, heartbeat_at=time.time(),
-    )
+    Returns None when there was nothing to run here (unknown, finished, or running elsewhere)."""
+    record = jobs.start(job_id)
     if record is None:
         return None
-    log_event("job", request_id=job_id, status="PROCESSING", attempt=record.attempts)
-    run_started = time.monotonic()
-    inputs = store.get_inputs(job_id)
+    inputs = jobs.inputs.get(job_id)
     if inputs is None:
-        return JobOutcome(_fail(store, job_id, "job inputs are missing") or record)
+        return JobOutcome(jobs.fail(job_id, Failure.INTERNAL, "job inputs are missing") or record)
 
+    run_started = time.monotonic()
     last_write = 0.0
+    should_stop = jobs.cancel_check(job_id)
 
     def on_step(step: int, total: int) -> None:
         nonlocal last_write
-        if store.cancel_requested(job_id):
+        if should_stop():
             raise Cancelled()
         now = time.monotonic()
         if now - run_started > timeout:
             raise TimedOut()
         if now - last_write >= PROGRESS_WRITE_INTERVAL or step == total:
             last_write = now
-            store.update(job_id, progress_step=step, progress_total=total, heartbeat_at=time.time())
+            jobs.progress(job_id, step, total)
+
+    def fail(failure: Failure, message: str) -> JobOutcome:
+        return JobOutcome(jobs.fail(job_id, failure, message) or jobs.records.get(job_id) or record)
 
     try:
-        request = InpaintRequest.model_validate({**record.params, "image": "stored", "mask": "stored"})
-        image = Image.open(io.BytesIO(inputs[0]))
-        mask = Image.open(io.BytesIO(inputs[1]))
-        output = inpainter.run(request, image, mask, on_step=on_step)
+        params = InpaintParams.model_validate(record.params, strict=False)
+        output = inpainter.run(params, Image.open(io.BytesIO(inputs[0])), Image.open(io.BytesIO(inputs[1])),
+                               on_step=on_step)
         if output.any_blocked:
-            flagged = sum(output.blocked)
-            return JobOutcome(_fail(store, job_id, f"content blocked by the safety checker "
-                                                   f"({flagged} of {len(output.blocked)} images flagged)",
-                                    refund=False) or record)
-        token = secrets.token_urlsafe(18)
-        stored, files = [], []
-        extension = request.output_format
-        for index, (picture, seed) in enumerate(zip(output.images, output.seeds)):
-            data, content_type = encode_image(picture, request.output_format)
-            key = f"{job_id}/{token}/{index}.{extension}"
-            storage.put(key, data, content_type)
-            stored.append(StoredImage(key=key, content_type=content_type, file_size=len(data), seed=seed))
-            files.append((data, content_type))
-        store.delete_inputs(job_id)
-        done = store.update(
-            job_id, status=JobStatus.COMPLETED, finished_at=time.time(), inference_time=output.inference_time,
-            images=stored, seeds=output.seeds, progress_step=output.steps_run, progress_total=output.steps_run,
-        )
-        if done is None:  # cancelled and failed meanwhile: the stored files are orphans
-            storage.delete([s.key for s in stored])
-            return JobOutcome(store.get(job_id) or record)
-        log_event("job", request_id=job_id, status="COMPLETED", inference_time=round(output.inference_time, 4),
-                  images=len(stored))
-        return JobOutcome(done, files)
+            return fail(Failure.BLOCKED, f"content blocked by the safety checker "
+                                         f"({sum(output.blocked)} of {len(output.blocked)} images flagged)")
+        return _store_results(job_id, jobs, params, output)
     except Cancelled:
-        return JobOutcome(_fail(store, job_id, "cancelled") or record)
+        return fail(Failure.CANCELLED, "cancelled")
     except TimedOut:
-        return JobOutcome(_fail(store, job_id, f"timed out after {timeout:g}s") or record)
+        return fail(Failure.TIMED_OUT, f"timed out after {timeout:g}s")
     except StorageError as exc:
-        return JobOutcome(_fail(store, job_id, f"storing the result failed: {exc}") or record)
+        return fail(Failure.STORAGE, f"storing the result failed: {exc}")
     except Exception as exc:
         log.exception("job %s crashed", job_id)
-        return JobOutcome(_fail(store, job_id, f"internal error while running the job ({type(exc).__name__})")
-                          or record)
+        return fail(Failure.INTERNAL, f"internal error while running the job ({type(exc).__name__})")
+    except BaseException:
+        # Not an error of the job: Modal's FunctionCall.cancel (InputCancellation) or the process stopping.
+        # A cancel ends the job here; anything else leaves it to be retried (restart recovery, lease reaper).
+        if jobs.records.cancel_requested(job_id):
+            jobs.fail(job_id, Failure.CANCELLED, "cancelled")
+        raise
 
 
-class Dispatcher(Protocol):
-    state: str  # "loading" | "ready" | "error"
-    error: str | None
-    device: str | None
-
-    def submit(self, job_id: str) -> None: ...
-    def wait(self, job_id: str, timeout: float) -> JobOutcome | None: ...
-    def cancel(self, job_id: str) -> None: ...
+def _store_results(job_id: str, jobs: JobService, params: InpaintParams, output) -> JobOutcome:
+    token = secrets.token_urlsafe(18)
+    stored, files = [], []
+    for index, (picture, seed) in enumerate(zip(output.images, output.seeds)):
+        data, content_type = encode_image(picture, params.output_format)
+        key = f"{job_id}/{token}/{index}.{params.output_format}"
+        jobs.storage.put(key, data, content_type)
+        stored.append(StoredImage(key=key, content_type=content_type, file_size=len(data), seed=seed))
+        files.append((data, content_type))
+    done = jobs.complete(job_id, inference_time=output.inference_time, images=stored, seeds=output.seeds,
+                         progress_step=output.steps_run, progress_total=output.steps_run)
+    if done is None:  # it ended meanwhile (cancelled, reaped): the stored files are orphans
+        jobs.storage.delete([s.key for s in stored])
+        current = jobs.records.get(job_id)
+        return JobOutcome(current) if current else None
+    return JobOutcome(done, files)
 
 
 class EmbeddedDispatcher:
     """One worker thread over a persistent queue (the job store); one job at a time per model instance."""
 
-    def __init__(self, store: JobStore, storage: ResultStorage, inpainter_factory: Callable[[], Any],
-                 shutdown_grace: float = 10.0, job_timeout: float = 600.0):
+    def __init__(self, inpainter_factory: Callable[[], Any], shutdown_grace: float = 10.0,
+                 job_timeout: float = 600.0):
+        self.inpainter_factory = inpainter_factory
         self.shutdown_grace = shutdown_grace
         self.job_timeout = job_timeout
-        self.store = store
-        self.storage = storage
-        self.inpainter_factory = inpainter_factory
+        self.jobs: JobService | None = None  # set by bind(): the service and its dispatcher refer to each other
         self.inpainter = None
         self.state = "loading"
         self.error: str | None = None
         self.device: str | None = None
         self._queue: "queue.Queue[str | None]" = queue.Queue()
-        self._waiters: dict[str, tuple[threading.Event, list[JobOutcome]]] = {}
-        self._waiters_lock = threading.Lock()
+        self._dispatched: dict[str, float] = {}
         self._thread: threading.Thread | None = None
 
+    def bind(self, jobs: JobService) -> None:
+        self.jobs = jobs
+
     def start(self) -> None:
-        self.recover()
+        self._recover()
         self._thread = threading.Thread(target=self._loop, name="inpaint-worker", daemon=True)
         self._thread.start()
 
@@ -179,41 +147,43 @@ class EmbeddedDispatcher:
         if self._thread:
             self._thread.join(self.shutdown_grace)
 
-    def recover(self) -> None:
+    def _recover(self) -> None:
         """Requeue what a previous process left: jobs it died in the middle of (retried once), then queued jobs."""
-        from service.expiry import reap_stale
+        from service.housekeeping import reap_stale
 
-        reap_stale(self.store, self._queue.put, lease=0)  # at start-up no PROCESSING job has a live worker
-        for job_id in self.store.ids_with_status(JobStatus.QUEUED):
-            self._queue.put(job_id)
+        reap_stale(self.jobs, lease=0)  # at start-up no PROCESSING job has a live worker
+        for job_id in self.jobs.records.unfinished_ids(JobStatus.QUEUED):
+            self.submit(job_id)
 
     def submit(self, job_id: str) -> None:
+        self._dispatched[job_id] = time.time()
         self._queue.put(job_id)
+
+    redispatch = submit
 
     def cancel(self, job_id: str) -> None:
         """Nothing to do: the worker checks the job's cancel flag before it starts and at every step."""
 
-    def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
-        """Block until the job is finished (None on timeout). Register before or after submit: both work."""
-        with self._waiters_lock:
-            event, slot = self._waiters.setdefault(job_id, (threading.Event(), []))
-        record = self.store.get(job_id)
-        if record is not None and record.status.terminal and not slot:
-            return JobOutcome(record)
-        finished = event.wait(timeout)
-        with self._waiters_lock:
-            self._waiters.pop(job_id, None)
-        return slot[0] if finished and slot else None
+    def last_dispatch(self, job_id: str) -> float | None:
+        return self._dispatched.get(job_id)
 
-    def _notify(self, job_id: str, outcome: JobOutcome | None) -> None:
-        with self._waiters_lock:
-            entry = self._waiters.get(job_id)
-        if entry:
-            event, slot = entry
-            record = outcome.record if outcome else self.store.get(job_id)
-            if record is not None:
-                slot.append(outcome or JobOutcome(record))
-            event.set()
+    def call_state(self, job_id: str) -> str | None:
+        if job_id in self._dispatched:  # still waiting in this process's queue
+            return None
+        return "the worker stopped responding"  # taken by the worker thread, then silent: stuck or gone
+
+    async def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
+        """Wait on the store's change notifications (no thread held while waiting)."""
+        deadline = time.monotonic() + timeout
+        with self.jobs.changes.subscribe(job_id) as subscription:
+            while True:
+                record = await run_blocking(self.jobs.records.get, job_id)
+                if record is None or record.status.terminal:
+                    return JobOutcome(record) if record else None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                await subscription.wait(left)
 
     def _load(self) -> bool:
         try:
@@ -229,13 +199,12 @@ class EmbeddedDispatcher:
 
     def _loop(self) -> None:
         loaded = self._load()
-        while True:
-            job_id = self._queue.get()
-            if job_id is None:
-                return
-            if loaded:
-                outcome = run_job(job_id, self.store, self.storage, self.inpainter, self.job_timeout)
-            else:
-                _fail(self.store, job_id, self.error or "the model is unavailable")
-                outcome = None
-            self._notify(job_id, outcome)
+        while (job_id := self._queue.get()) is not None:
+            self._dispatched.pop(job_id, None)
+            try:
+                if loaded:
+                    run_job(job_id, self.jobs, self.inpainter, self.job_timeout)
+                else:
+                    self.jobs.fail(job_id, Failure.UNAVAILABLE, self.error or "the model is unavailable")
+            except Exception:  # the worker outlives any job (e.g. the store failing mid-job)
+                log.exception("job %s: unexpected error in the worker; it goes on with the next job", job_id)

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny random-weight model, no safety checker."""
-    from scripts.make_tiny_model import build
+    from weights.tiny import build
 
     return build(tmp_path_factory.mktemp("tiny-model"))
 
@@ -20,7 +20,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_flagging_model_dir(tmp_path_factory) -> Path:
     """The tiny model with a safety checker forced to flag every image."""
-    from scripts.make_tiny_model import build
+    from weights.tiny import build
 
     return build(tmp_path_factory.mktemp("tiny-model-flag"), safety_checker="flag")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import uvicorn
 
 from service.config import Settings
-from service.embedded import build_embedded_app
+from service.app import create_app
+from service.backend import build_embedded
 
 KEY_A = "test-key-a"
 KEY_B = "test-key-b"
@@ -59,7 +60,7 @@ def make_settings(state_dir: Path, model_dir: Path, **overrides) -> Settings:
 
 @contextmanager
 def api_server(settings: Settings, inpainter_factory):
-    server = ApiServer(build_embedded_app(settings, inpainter_factory), free_port()).start()
+    server = ApiServer(create_app(build_embedded(settings, inpainter_factory)), free_port()).start()
     try:
         yield server
     finally:

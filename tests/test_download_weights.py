@@ -2,7 +2,7 @@
 
 import pytest
 
-from scripts.download_weights import select_files
+from weights.download import select_files
 
 # The file list of stable-diffusion-v1-5/stable-diffusion-inpainting (main).
 REAL_LISTING = [

@@ -32,7 +32,7 @@ def test_sd15_shapes(tiny_model_dir):
 
 
 def test_generation_is_deterministic(tiny_model_dir, tmp_path):
-    from scripts.make_tiny_model import build
+    from weights.tiny import build
 
     again = build(tmp_path / "again")
     for name in ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"]:

@@ -56,7 +56,7 @@ def make_full_size_model(out: Path) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from scripts.make_tiny_model import SD15_SCHEDULER_CONFIG, write_tokenizer
+    from weights.tiny import SD15_SCHEDULER_CONFIG, write_tokenizer
 
     if (out / "model_index.json").is_file():
         return out

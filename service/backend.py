@@ -1,0 +1,110 @@
+"""The one composition root: from Settings to a job service with its store, storage, dispatcher and hooks.
+
+`python -m service` builds the embedded backend; app.py builds the Modal one from
+the same pieces, so a setting honoured in one place is honoured in the other.
+"""
+
+import logging
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from service.config import Settings
+from service.job_service import JobService
+from service.storage import make_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backend:
+    settings: Settings
+    jobs: JobService
+    background: tuple = field(default=())  # objects with start()/stop(), run for the app's lifetime
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """One line per event on stderr: `inpaint.events` lines are JSON already; the rest get a short prefix.
+    Called by every entry point (python -m service, each Modal function)."""
+    root = logging.getLogger()
+    if any(getattr(h, "_inpaint", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler._inpaint = True
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def inpainter_factory(settings: Settings, model_dir: Path | None = None, **overrides: Any) -> Callable[[], Any]:
+    """Builds the model with the settings both servers honour (torch is imported when it is called)."""
+
+    def build():
+        from inference import Inpainter
+
+        options = dict(safety_checker=settings.safety_checker, xformers=settings.xformers,
+                       compile_unet=settings.torch_compile, feather_px=settings.feather_px)
+        return Inpainter(model_dir or settings.model_dir, **(options | overrides))
+
+    return build
+
+
+def persisted_secret(settings: Settings, name: str, generate) -> str:
+    """STATE_DIR/<name>, created with generate() on first use (owner-only), so it is stable across restarts."""
+    path = Path(settings.state_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not (path.is_file() and path.read_text().strip()):
+        path.write_text(generate() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def ensure_api_key(settings: Settings) -> str | None:
+    """With no API_KEYS, use a generated key kept in STATE_DIR. Returns it if generated."""
+    if settings.api_keys:
+        return None
+    key = persisted_secret(settings, "api_key", lambda: "sk-local-" + secrets.token_urlsafe(24))
+    settings.api_keys = [key]
+    return key
+
+
+def build_embedded(settings: Settings, make_inpainter: Callable[[], Any] | None = None) -> Backend:
+    """SQLite records and counters, input files, local (or S3) results, an in-process worker and sweep."""
+    from service.housekeeping import Sweeper
+    from service.sqlite_store import FileInputs, SQLiteState
+    from service.webhooks import WebhookSender, new_secret
+    from service.worker import EmbeddedDispatcher
+
+    state_dir = Path(settings.state_dir)
+    state = SQLiteState(state_dir / "jobs.sqlite3")
+    storage = make_storage(settings)
+    dispatcher = EmbeddedDispatcher(make_inpainter or inpainter_factory(settings),
+                                    shutdown_grace=settings.shutdown_grace_seconds,
+                                    job_timeout=settings.job_timeout_seconds)
+    if not settings.webhook_secret:
+        settings.webhook_secret = persisted_secret(settings, "webhook_secret", new_secret)
+    webhooks = WebhookSender(storage, settings.webhook_secret, settings.allow_private_urls,
+                             settings.webhook_attempts, settings.webhook_first_delay_seconds)
+    jobs = JobService(settings, state, FileInputs(state_dir / "inputs"), state, storage, dispatcher,
+                      changes=state.changes, on_terminal=webhooks.on_terminal)
+    dispatcher.bind(jobs)
+    interval = min(settings.sweep_interval_seconds, max(settings.result_ttl_seconds / 2, 1))
+    sweeper = Sweeper(jobs, interval, lease=settings.lease_seconds)
+    # Started in this order, stopped in reverse: webhooks outlive the worker that triggers them.
+    return Backend(settings, jobs, background=(webhooks, dispatcher, sweeper))
+
+
+def build_modal(settings: Settings, dicts: dict[str, Any], spawn: Callable[[str], Any] | None = None,
+                call_from_id: Callable[[str], Any] | None = None, gpu: str = "",
+                on_terminal: Callable[[Any], None] | None = None) -> Backend:
+    """modal.Dicts for state (`records`, `active`, `inputs`, `counters`), S3 results, dispatch by spawn.
+    The GPU containers build it without spawn (they never dispatch)."""
+    from service.modal_backend import DictCounters, DictInputs, DictRecords, ModalDispatcher
+
+    records = DictRecords(dicts["records"], dicts["active"])
+    dispatcher = ModalDispatcher(records, spawn, call_from_id, gpu)
+    jobs = JobService(settings, records, DictInputs(dicts["inputs"]), DictCounters(dicts["counters"]),
+                      make_storage(settings), dispatcher, on_terminal=on_terminal)
+    return Backend(settings, jobs)

@@ -1,0 +1,252 @@
+"""The rules of a job's life, in one place, for the web tier and the workers alike.
+
+Admission (rate, daily cap, credits, queue cap), the status transitions, cancel,
+and what happens exactly once when a job ends (inputs deleted, credits refunded
+unless the caller's content was the cause, the webhook sent). Backends only store
+(service/ports.py); routes only translate HTTP (service/routes/).
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from schemas import CancelResponse, InpaintParams, JobStatus, Progress, StatusBody
+from service.changes import Changes
+from service.config import Settings
+from service.errors import ApiError
+from service.failures import Failure, refunded
+from service.jobs import JobRecord
+from service.limits import check_rate, refund_credits, refund_daily, spend_credits, spend_daily
+from service.logs import log_event
+from service.ports import Counters, InputBlobs, JobRecords
+from service.storage import ResultStorage
+
+log = logging.getLogger(__name__)
+
+CANCEL_CHECK_INTERVAL = 0.5  # seconds between cancel-flag reads from the store while a job runs
+STORE_POLL_INTERVAL = 0.1  # long-poll cadence where the store cannot notify (Modal)
+MAX_ATTEMPTS = 2  # a job whose worker went silent is run once more, then FAILED
+
+
+@dataclass
+class JobOutcome:
+    record: JobRecord
+    files: list[tuple[bytes, str]] = field(default_factory=list)  # (bytes, content type) per image
+
+
+class WorkerFailed(Exception):
+    """The worker running a job is gone (its call failed, expired or was cut off)."""
+
+
+class Dispatcher(Protocol):
+    state: str  # "loading" | "ready" | "error"
+    error: str | None
+    device: str | None
+
+    def submit(self, job_id: str) -> None: ...
+    def redispatch(self, job_id: str) -> None: ...
+    def cancel(self, job_id: str) -> None: ...
+    def last_dispatch(self, job_id: str) -> float | None: ...
+    def call_state(self, job_id: str) -> str | None:
+        """None while the call is pending or running; else why it is gone (housekeeping)."""
+    async def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
+        """The outcome when the job ends within `timeout`, else None. Raises WorkerFailed."""
+
+
+async def run_blocking(function: Callable[..., Any], *args: Any) -> Any:
+    """Store calls block (SQLite, or a network round trip on Modal): run them off the event loop."""
+    return await asyncio.to_thread(function, *args)
+
+
+class JobService:
+    def __init__(self, settings: Settings, records: JobRecords, inputs: InputBlobs, counters: Counters,
+                 storage: ResultStorage, dispatcher: Dispatcher, changes: Changes | None = None,
+                 on_terminal: Callable[[JobRecord], None] | None = None):
+        self.settings = settings
+        self.records, self.inputs, self.counters = records, inputs, counters
+        self.storage, self.dispatcher = storage, dispatcher
+        self.changes = changes  # in-process notifications, when the store can give them (embedded)
+        self.on_terminal = on_terminal  # e.g. webhook delivery; called once per job
+        self._cancelled_here: set[str] = set()  # cancels received by this process: checked for free
+
+    # ---- admission (web tier) -------------------------------------------------------------
+
+    def check_rate(self, owner: str) -> None:
+        check_rate(self.counters, owner, self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
+
+    def check_room(self) -> None:
+        """A cheap early refusal before inputs are fetched; `admit` decides atomically."""
+        if self.settings.max_queue_depth > 0 and self.records.unfinished() >= self.settings.max_queue_depth:
+            raise self._queue_full()
+
+    def _queue_full(self) -> ApiError:
+        from service.limits import too_many
+
+        return too_many(f"the queue is full ({self.settings.max_queue_depth} jobs waiting or running); "
+                        f"retry shortly", 5, time.time())
+
+    def admit(self, owner: str, params: InpaintParams, image: bytes, mask: bytes,
+              base_url: str) -> tuple[JobRecord, int | None]:
+        """Charge, store and dispatch a validated request. Returns the record and the credits left (or None)."""
+        settings = self.settings
+        spend_daily(self.counters, params.samples, settings.daily_image_cap)
+        try:
+            left = spend_credits(self.counters, owner, params.samples, settings.budget_for(owner))
+        except ApiError:
+            refund_daily(self.counters, params.samples, settings.daily_image_cap)
+            raise
+        now = time.time()
+        record = JobRecord(id=str(uuid.uuid4()), owner=owner, params=params.model_dump(mode="json"),
+                           created_at=now, expires_at=now + settings.result_ttl_seconds, base_url=base_url,
+                           webhook_url=params.webhook_url)
+        self.inputs.put(record.id, image, mask)
+        if not self.records.create(record, settings.max_queue_depth):
+            self.inputs.delete(record.id)
+            refund_credits(self.counters, record)
+            refund_daily(self.counters, params.samples, settings.daily_image_cap)
+            raise self._queue_full()
+        try:
+            self.dispatcher.submit(record.id)
+        except Exception as exc:
+            log.exception("dispatching job %s failed", record.id)
+            self.fail(record.id, Failure.UNAVAILABLE, f"the job could not be handed to a worker ({exc})")
+            raise ApiError(503, f"no worker could take the job right now ({type(exc).__name__}); "
+                                f"nothing was charged, retry shortly", headers={"Retry-After": "5"}) from None
+        return record, left
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def owned(self, owner: str, job_id: str) -> JobRecord:
+        record = self.records.get(job_id)
+        if record is None or record.owner != owner:  # another key's job reads exactly like an unknown one
+            raise ApiError(404, f"request {job_id} not found (unknown, expired, or not yours)")
+        return record
+
+    def status(self, record: JobRecord) -> StatusBody:
+        body = StatusBody(request_id=record.id, status=record.status, metrics=record.metrics(), error=record.error)
+        if record.status == JobStatus.QUEUED:
+            body.queue_position = self.records.queue_position(record.id)
+        if record.status == JobStatus.PROCESSING and record.progress_total:
+            body.progress = Progress(step=record.progress_step or 0, total=record.progress_total)
+        return body
+
+    async def wait_for_change(self, record: JobRecord, wait: float) -> JobRecord:
+        """Return as soon as the job's status or progress differs from `record`'s, or after `wait` seconds."""
+        deadline = time.monotonic() + wait
+
+        def changed(current: JobRecord | None) -> bool:
+            return current is None or (current.status, current.progress_step) != (record.status, record.progress_step)
+
+        if self.changes is None:  # no in-process notifications (Modal): poll the store
+            while (left := deadline - time.monotonic()) > 0:
+                await asyncio.sleep(min(STORE_POLL_INTERVAL, left))
+                current = await run_blocking(self.records.get, record.id)
+                if changed(current):
+                    return current or record
+            return record
+        with self.changes.subscribe(record.id) as subscription:
+            current = await run_blocking(self.records.get, record.id) or record
+            while not changed(current) and (left := deadline - time.monotonic()) > 0:
+                await subscription.wait(left)
+                current = await run_blocking(self.records.get, record.id) or current
+        return current
+
+    async def wait_until_done(self, job_id: str, timeout: float) -> JobOutcome | None:
+        """For v1: the outcome once the job ends, None if it is still running after `timeout` seconds."""
+        try:
+            outcome = await self.dispatcher.wait(job_id, timeout)
+        except WorkerFailed as exc:
+            failed = await run_blocking(self.fail, job_id, Failure.UNAVAILABLE, str(exc))
+            outcome = JobOutcome(failed) if failed else None
+        if outcome is None or not outcome.record.status.terminal:
+            record = await run_blocking(self.records.get, job_id)
+            return JobOutcome(record) if record is not None and record.status.terminal else None
+        return outcome
+
+    # ---- cancel (web tier) -----------------------------------------------------------------
+
+    def cancel(self, record: JobRecord) -> CancelResponse:
+        if record.status.terminal:
+            return CancelResponse(request_id=record.id, status=record.status.value,
+                                  message="the job had already finished; nothing to cancel")
+        self._cancelled_here.add(record.id)
+        self.records.request_cancel(record.id)
+        if record.status == JobStatus.QUEUED and self.fail(record.id, Failure.CANCELLED, "cancelled"):
+            self.dispatcher.cancel(record.id)
+            return CancelResponse(request_id=record.id, status="CANCELLED",
+                                  message="the job had not started; it will not run")
+        return CancelResponse(request_id=record.id, status="CANCELLING",
+                              message="the job is running; it stops at the next denoising step and then "
+                                      "reads FAILED 'cancelled'")
+
+    # ---- the worker's side -----------------------------------------------------------------
+
+    def start(self, job_id: str) -> JobRecord | None:
+        """Move a job to PROCESSING for one attempt; None when there is nothing (more) to run here."""
+        record = self.records.get(job_id)
+        if record is None or record.status.terminal:
+            return None
+        if job_id in self._cancelled_here or self.records.cancel_requested(job_id):
+            self.fail(job_id, Failure.CANCELLED, "cancelled")
+            return None
+        attempt = record.attempts + 1
+        if not self.records.claim(f"attempt{attempt}:{job_id}"):
+            log.warning("job %s: attempt %d is already running elsewhere; not running it twice", job_id, attempt)
+            return None
+        now = time.time()
+        started = self.records.update(job_id, status=JobStatus.PROCESSING, started_at=record.started_at or now,
+                                      attempts=attempt, heartbeat_at=now)
+        if started is not None:
+            log_event("job", request_id=job_id, status="PROCESSING", attempt=attempt)
+        return started
+
+    def cancel_check(self, job_id: str) -> Callable[[], bool]:
+        """A cheap `should_stop()` for every denoising step: this process's cancels at once, the store's
+        flag (another container's cancel) at most every CANCEL_CHECK_INTERVAL seconds."""
+        last_read = time.monotonic()
+
+        def should_stop() -> bool:
+            nonlocal last_read
+            if job_id in self._cancelled_here:
+                return True
+            if time.monotonic() - last_read < CANCEL_CHECK_INTERVAL:
+                return False
+            last_read = time.monotonic()
+            return self.records.cancel_requested(job_id)
+
+        return should_stop
+
+    def progress(self, job_id: str, step: int, total: int) -> None:
+        self.records.update(job_id, progress_step=step, progress_total=total, heartbeat_at=time.time())
+
+    def complete(self, job_id: str, **results: Any) -> JobRecord | None:
+        done = self.records.finish(job_id, status=JobStatus.COMPLETED, finished_at=time.time(), **results)
+        if done is not None:
+            log_event("job", request_id=job_id, status="COMPLETED", inference_time=done.inference_time,
+                      images=len(done.images))
+            self._ended(done)
+        return done
+
+    def fail(self, job_id: str, failure: Failure, message: str) -> JobRecord | None:
+        """FAILED with `message`, exactly once: None when the job had already ended."""
+        failed = self.records.finish(job_id, status=JobStatus.FAILED, failure=failure, error=message,
+                                     finished_at=time.time())
+        if failed is not None:
+            log_event("job", request_id=job_id, status="FAILED", failure=failure.value, error=message)
+            self._ended(failed)
+        return failed
+
+    def _ended(self, record: JobRecord) -> None:
+        """What follows a job's end, run by the one caller that ended it."""
+        self._cancelled_here.discard(record.id)
+        self.inputs.delete(record.id)
+        if record.status == JobStatus.FAILED and refunded(record.failure):
+            refund_credits(self.counters, record)
+        if self.on_terminal is not None:
+            try:
+                self.on_terminal(record)
+            except Exception:
+                log.exception("job %s: the end-of-job hook failed", record.id)

@@ -1,0 +1,34 @@
+"""FastAPI dependencies: the job service, the caller (API-key security scheme), the caller's own job."""
+
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
+
+from service.auth import authenticate
+from service.job_service import JobService, run_blocking
+from service.jobs import JobRecord
+
+# Declared for OpenAPI (the Authorize button); `authenticate` reads the same headers.
+API_KEY = APIKeyHeader(name="x-api-key", auto_error=False,
+                       description="Your API key (Segmind's header). `Authorization: Bearer <key>` works too.")
+BEARER = HTTPBearer(auto_error=False, description="The API key as a bearer token.")
+
+
+def get_jobs(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+def base_url(request: Request) -> str:
+    settings = request.app.state.jobs.settings
+    return (settings.public_base_url or str(request.base_url)).rstrip("/")
+
+
+def caller(request: Request, _key: str | None = Security(API_KEY), _bearer=Security(BEARER)) -> str:
+    """The owner id (a hash) of the request's key; kept on the request for the access log."""
+    request.state.owner = authenticate(request, request.app.state.jobs.settings.api_keys)
+    return request.state.owner
+
+
+async def owned_job(request_id: str, request: Request, owner: str = Security(caller)) -> JobRecord:
+    record = await run_blocking(get_jobs(request).owned, owner, request_id)
+    request.state.request_id = record.id
+    return record

@@ -1,0 +1,48 @@
+"""OpenAPI pieces shared by the routers: the request body with a runnable example, error responses, links."""
+
+from fastapi import Path as PathParam
+
+from schemas import MODEL_SLUG, ErrorBody, InpaintRequest
+
+# 8x8 PNGs, so the documented example is a request that really runs.
+EXAMPLE_IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEklEQVR4nGP4f4ABK2IYlRhQCQCxBMyEZ4uU0wAAAABJRU5ErkJggg=="
+EXAMPLE_MASK = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAEElEQVR4nGP8zwABTAwUMQBJQQEPeWDz+AAAAABJRU5ErkJggg=="
+REQUEST_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {
+            "schema": InpaintRequest.model_json_schema(),
+            "example": {"image": EXAMPLE_IMAGE, "mask": EXAMPLE_MASK, "prompt": "a red armchair", "seed": 1},
+        }},
+    },
+}
+# Documented as an enum; any other slug is still routed here and answered 404.
+SLUG_PARAM = PathParam(description="the model", json_schema_extra={"enum": [MODEL_SLUG]})
+REQUEST_LINKS = {
+    name: {"operationId": op, "parameters": {"request_id": "$response.body#/request_id"}}
+    for name, op in (("GetStatus", "get_status"), ("GetResult", "get_result"), ("Cancel", "cancel"))
+}
+ERROR_MEANINGS = {
+    400: "A parameter is missing or invalid; the message names it.",
+    401: "Missing or unknown API key.",
+    404: "Unknown model slug, or a request id that is unknown, expired or another key's.",
+    406: "This key's image credits are used up.",
+    413: "The request body is too large.",
+    422: "The job FAILED (cancelled, blocked by the safety checker, ...).",
+    429: "Rate limit, full queue or daily cap; see Retry-After.",
+    500: "Internal error.",
+    502: "A worker or the result storage failed.",
+    503: "No worker can take jobs right now; retry after Retry-After.",
+    504: "v1 only: the job did not finish in time; it goes on running, poll it with v2.",
+}
+ERRORS_DOC = {code: {"model": ErrorBody, "description": text} for code, text in ERROR_MEANINGS.items()}
+
+REQUEST_ID_HEADER = {"x-request-id": {"description": "The job's id.", "schema": {"type": "string"}}}
+CREDITS_HEADER = {"x-remaining-credits": {"description": "Image credits this key has left (only when the key "
+                                                         "has a budget).", "schema": {"type": "integer"}}}
+V1_HEADERS = {
+    **REQUEST_ID_HEADER,
+    "x-seed-value": {"description": "The seed of each image, comma-separated.", "schema": {"type": "string"}},
+    "x-generation-time": {"description": "Seconds spent in the denoising pipeline.", "schema": {"type": "string"}},
+    **CREDITS_HEADER,
+}

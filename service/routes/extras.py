@@ -1,0 +1,48 @@
+"""Beyond the Segmind API: the playground page, /health, and result files served from local disk."""
+
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, HTMLResponse
+
+from service.errors import ApiError
+from service.job_service import JobService, run_blocking
+from service.routes.deps import get_jobs
+
+router = APIRouter()
+PLAYGROUND_HTML = Path(__file__).resolve().parent.parent / "playground.html"
+
+
+@router.get("/", include_in_schema=False)
+def playground():
+    """The web playground (no key needed to load it; the page asks for one and keeps it in the browser)."""
+    return HTMLResponse(PLAYGROUND_HTML.read_text(encoding="utf-8"))
+
+
+@router.get("/health", tags=["ops"], operation_id="health", summary="Service health",
+            description="`status` is ok, loading or error; `queue_depth` counts jobs queued or running.")
+async def health(jobs: JobService = Depends(get_jobs)):
+    dispatcher = jobs.dispatcher
+    return {
+        "status": {"ready": "ok"}.get(dispatcher.state, dispatcher.state),
+        "model": jobs.settings.model_name,
+        "demo": jobs.settings.demo,
+        "device": dispatcher.device,
+        "queue_depth": await run_blocking(jobs.records.unfinished),
+        "error": dispatcher.error,
+    }
+
+
+files_router = APIRouter()
+
+
+@files_router.get("/files/{request_id}/{token}/{name}", tags=["results"], include_in_schema=False)
+async def get_file(request_id: str, token: str, name: str, request: Request, jobs: JobService = Depends(get_jobs)):
+    """Result files on local disk (embedded); the random token in the path is the credential."""
+    record = await run_blocking(jobs.records.get, request_id)
+    key = f"{request_id}/{token}/{name}"
+    match = record and next((img for img in record.images if img.key == key), None)
+    path = jobs.storage.path_for(key) if match else None
+    if not match or path is None or not path.is_file():
+        raise ApiError(404, "file not found or expired")
+    return FileResponse(path, media_type=match.content_type, headers={"cache-control": "private, max-age=3600"})

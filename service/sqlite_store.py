@@ -1,0 +1,199 @@
+"""The embedded backend's state: one SQLite file for records and counters, input images as files.
+
+Everything lives under STATE_DIR and survives restarts. One lock serialises the
+connection; each method is one short transaction, so the once-only rules
+(`finish`, `claim`, `create` under the queue cap) are atomic.
+"""
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from schemas import JobStatus
+from service.changes import Changes
+from service.jobs import JobRecord, apply_changes
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    cancel INTEGER NOT NULL DEFAULT 0,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at);
+CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+"""
+
+
+class SQLiteState:
+    """JobRecords and Counters over one SQLite database."""
+
+    def __init__(self, path: Path):
+        self.changes = Changes()  # long-poll handlers wait on this
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+    def _transaction(self, work: Callable[[], T]) -> T:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work()
+                self._db.execute("COMMIT")
+                return result
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _read(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return JobRecord.model_validate_json(row[0]) if row else None
+
+    def _write(self, record: JobRecord) -> None:
+        self._db.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?",
+                         (record.status.value, record.model_dump_json(), record.id))
+
+    # ---- JobRecords ------------------------------------------------------------------------
+
+    def create(self, record: JobRecord, max_unfinished: int = 0) -> bool:
+        def insert() -> bool:
+            if max_unfinished > 0 and self._count_unfinished() >= max_unfinished:
+                return False
+            self._db.execute(
+                "INSERT INTO jobs (id, status, created_at, expires_at, doc) VALUES (?, ?, ?, ?, ?)",
+                (record.id, record.status.value, record.created_at, record.expires_at, record.model_dump_json()),
+            )
+            return True
+
+        return self._transaction(insert)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            record = self._read(job_id)
+        if record is None or record.expires_at <= time.time():
+            return None
+        return record
+
+    def _change(self, job_id: str, changes: dict[str, Any], final: bool) -> JobRecord | None:
+        with self._lock:
+            current = self._read(job_id)
+            updated = apply_changes(current, changes) if current is not None else None
+            if updated is None or updated.status.terminal != final:
+                return None
+            self._write(updated)
+        self.changes.notify(job_id)
+        return updated
+
+    def update(self, job_id: str, **changes: Any) -> JobRecord | None:
+        return self._change(job_id, changes, final=False)
+
+    def finish(self, job_id: str, **changes: Any) -> JobRecord | None:
+        return self._change(job_id, changes, final=True)
+
+    def claim(self, name: str) -> bool:
+        with self._lock:
+            cursor = self._db.execute("INSERT OR IGNORE INTO claims (name, at) VALUES (?, ?)", (name, time.time()))
+        return cursor.rowcount == 1
+
+    def request_cancel(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE jobs SET cancel = 1 WHERE id = ?", (job_id,))
+        self.changes.notify(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row is None or bool(row[0])
+
+    def _count_unfinished(self) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')").fetchone()
+        return int(row[0])
+
+    def unfinished(self) -> int:
+        with self._lock:
+            return self._count_unfinished()
+
+    def queue_position(self, job_id: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND created_at < "
+                "(SELECT created_at FROM jobs WHERE id = ?)",
+                (job_id,),
+            ).fetchone()
+        return int(row[0])
+
+    def unfinished_ids(self, status: JobStatus) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM jobs WHERE status = ? ORDER BY created_at",
+                                    (status.value,)).fetchall()
+        return [r[0] for r in rows]
+
+    def expired(self, now: float) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT doc FROM jobs WHERE expires_at <= ?", (now,)).fetchall()
+        return [JobRecord.model_validate_json(r[0]) for r in rows]
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            self._db.execute("DELETE FROM claims WHERE name LIKE ?", (f"%:{job_id}%",))
+
+    # ---- Counters --------------------------------------------------------------------------
+
+    def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, T]]) -> T:
+        def read_modify_write() -> T:
+            row = self._db.execute("SELECT doc FROM state WHERE name = ?", (name,)).fetchone()
+            new_doc, result = change(json.loads(row[0]) if row else None)
+            if new_doc is not None:
+                self._db.execute("INSERT OR REPLACE INTO state (name, doc) VALUES (?, ?)",
+                                 (name, json.dumps(new_doc)))
+            return result
+
+        return self._transaction(read_modify_write)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class FileInputs:
+    """InputBlobs as owner-only files under STATE_DIR/inputs: written once at submit, deleted when the job ends
+    (kept out of the database, whose free pages and WAL would keep the bytes after a delete)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _paths(self, job_id: str) -> tuple[Path, Path]:
+        return self.root / f"{job_id}.image", self.root / f"{job_id}.mask"
+
+    def put(self, job_id: str, image: bytes, mask: bytes) -> None:
+        for path, data in zip(self._paths(job_id), (image, mask)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+
+    def get(self, job_id: str) -> tuple[bytes, bytes] | None:
+        image, mask = self._paths(job_id)
+        try:
+            return image.read_bytes(), mask.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, job_id: str) -> None:
+        for path in self._paths(job_id):
+            path.unlink(missing_ok=True)
