@@ -80,6 +80,7 @@ class DictRecords:
             return None
         if not self.dict.put(FINAL + job_id, finished.model_dump_json(), skip_if_exists=True):
             return None  # another party ended it first
+        self.dict.put(JOB + job_id, finished.model_dump_json())  # later updates see it finished and stop
         self.active.pop(job_id, None)
         return finished
 

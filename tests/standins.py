@@ -1,30 +1,55 @@
-"""Stand-ins for Modal objects. There is no Modal emulator, so these mimic the method
-surface the code uses (modal.Dict: get/put/pop/items; FunctionCall: object_id/get/cancel)
-and nothing more. They are NOT Modal: what they cannot show is listed in README's
-"Deploy to Modal" section as checks for the first real deploy."""
+"""Stand-ins for Modal objects. There is no Modal emulator, so these mimic the method surface the
+code uses (modal.Dict: get/put(skip_if_exists)/pop/len/items; FunctionCall: object_id/get(+.aio)/cancel)
+and nothing more. They are NOT Modal: what they cannot show is listed in README's "Deploy to Modal"
+section as checks for the first real deploy.
 
+StandInDict can inject latency and pause a caller before a chosen operation, so tests can force the
+interleavings that happen between containers (a writer paused between its read and its write)."""
+
+import asyncio
 import itertools
 import pickle
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-import modal.exception
-
 
 class StandInDict:
-    """modal.Dict's get/put/pop/items/contains; values go through pickle as they would over the wire."""
+    """modal.Dict's get/put/pop/len/items/contains; values go through pickle as they would over the wire."""
 
-    def __init__(self):
+    def __init__(self, latency: float = 0.0):
         self._data: dict = {}
         self._lock = threading.Lock()
+        self.latency = latency
+        self.calls = 0
+        self._pauses: list[tuple] = []  # (op, key prefix, reached Event, release Event, once-flag list)
+
+    def pause_before(self, op: str, key_prefix: str) -> tuple[threading.Event, threading.Event]:
+        """The next caller of `op` on a key starting with `key_prefix` stops before it runs: `reached` is set,
+        and it goes on when the test sets `release`."""
+        reached, release = threading.Event(), threading.Event()
+        self._pauses.append((op, key_prefix, reached, release, []))
+        return reached, release
+
+    def _enter(self, op: str, key=None) -> None:
+        self.calls += 1
+        for p_op, prefix, reached, release, used in self._pauses:
+            if p_op == op and not used and isinstance(key, str) and key.startswith(prefix):
+                used.append(True)
+                reached.set()
+                assert release.wait(30), "a paused Dict call was never released"
+        if self.latency:
+            time.sleep(self.latency)
 
     def get(self, key, default=None):
+        self._enter("get", key)
         with self._lock:
             raw = self._data.get(key)
         return pickle.loads(raw) if raw is not None else default
 
     def put(self, key, value, *, skip_if_exists: bool = False) -> bool:
+        self._enter("put", key)
         with self._lock:
             if skip_if_exists and key in self._data:
                 return False
@@ -32,18 +57,46 @@ class StandInDict:
             return True
 
     def pop(self, key, default=None):
+        self._enter("pop", key)
         with self._lock:
             raw = self._data.pop(key, None)
         return pickle.loads(raw) if raw is not None else default
 
+    def len(self) -> int:
+        self._enter("len")
+        with self._lock:
+            return len(self._data)
+
     def items(self):
+        self._enter("items")
         with self._lock:
             snapshot = list(self._data.items())
         return [(k, pickle.loads(v)) for k, v in snapshot]
 
     def contains(self, key) -> bool:
+        self._enter("contains", key)
         with self._lock:
             return key in self._data
+
+
+def standin_dicts(latency: float = 0.0) -> dict[str, StandInDict]:
+    return {name: StandInDict(latency) for name in ("records", "active", "inputs", "counters")}
+
+
+class _Get:
+    """FunctionCall.get with its `.aio` variant, like Modal's synchronicity wrappers."""
+
+    def __init__(self, call: "StandInCall"):
+        self.call = call
+
+    def __call__(self, timeout=None):
+        try:
+            return self.call.future.result(timeout=timeout)
+        except FutureTimeout:
+            raise TimeoutError() from None  # Modal raises the builtin TimeoutError while a call is pending
+
+    async def aio(self, timeout=None):
+        return await asyncio.to_thread(self, timeout)
 
 
 class StandInCall:
@@ -53,26 +106,23 @@ class StandInCall:
         self.object_id = f"fc-standin-{next(self._ids)}"
         self.future = future
         self.cancelled = False
-
-    def get(self, timeout=None):
-        try:
-            return self.future.result(timeout=timeout)
-        except FutureTimeout:
-            raise modal.exception.TimeoutError() from None
+        self.get = _Get(self)
 
     def cancel(self):
         self.cancelled = self.future.cancel()
 
 
 class StandInSpawner:
-    """Plays `Inpainter().run.spawn(job_id)`: runs `method(job_id)` on one worker thread (one GPU container)."""
+    """Plays `Inpainter().run.spawn(job_id)`: runs `method(job_id)` on worker threads (GPU containers)."""
 
-    def __init__(self, method):
+    def __init__(self, method, containers: int = 1):
         self.method = method
-        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pool = ThreadPoolExecutor(max_workers=containers)
         self.calls: dict[str, StandInCall] = {}
+        self.spawned: list[str] = []
 
     def spawn(self, job_id):
+        self.spawned.append(job_id)
         call = StandInCall(self.pool.submit(self.method, job_id))
         self.calls[call.object_id] = call
         return call

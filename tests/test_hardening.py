@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from schemas import JobStatus
-from service.expiry import reap_stale
-from service.jobs import JobRecord, SQLiteJobStore
+from service.backend import build_embedded
+from service.housekeeping import reap_stale
+from service.jobs import JobRecord
 from tests.conftest import REPO
 from tests.servers import KEY_A, KEY_B, SlowInpainter, api_server, free_port, make_settings
 from tests.test_service import BODY, SLUG, wait_terminal
@@ -147,16 +148,17 @@ def test_killed_server_process_job_ends_terminal(tmp_path):
         proc.wait(10)
 
 
-def test_lease_reaper_retries_once_then_fails(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+def test_lease_reaper_retries_once_then_fails(tmp_path, tiny_model_dir):
+    jobs = build_embedded(make_settings(tmp_path, tiny_model_dir)).jobs  # not started: nothing runs
+    store = jobs.records
     now = time.time()
     for job_id, attempts in (("quiet-once", 1), ("quiet-twice", 2), ("alive", 1)):
-        store.create(JobRecord(id=job_id, owner="o", params={}, created_at=now - 600, expires_at=now + 600),
-                     b"i", b"m")
+        store.create(JobRecord(id=job_id, owner="o", params={}, created_at=now - 600, expires_at=now + 600))
         store.update(job_id, status=JobStatus.PROCESSING, attempts=attempts, started_at=now - 500,
                      heartbeat_at=now - (5 if job_id == "alive" else 300))
     resubmitted = []
-    assert reap_stale(store, resubmitted.append, lease=120, now=now) == 2
+    jobs.dispatcher.redispatch = resubmitted.append
+    assert reap_stale(jobs, lease=120, now=now) == 2
     assert resubmitted == ["quiet-once"]
     assert store.get("quiet-once").status == JobStatus.PROCESSING
     failed = store.get("quiet-twice")

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from schemas import JobStatus
-from service.jobs import SQLiteJobStore
+from service.sqlite_store import SQLiteState
 from tests.conftest import REPO
 from tests.servers import KEY_A, SlowInpainter, api_server, make_settings
 from tests.test_service import BODY, SLUG, wait_terminal
@@ -30,7 +30,7 @@ def test_expired_ids_are_404_and_files_deleted(tmp_path, tiny_model_dir, inpaint
             assert client.get(f"/v2/requests/{request_id}").status_code == 404
             assert httpx.get(url).status_code == 404
             assert not files[0].exists()
-            assert SQLiteJobStore(tmp_path / "jobs.sqlite3").expired(time.time() + 10) == []
+            assert SQLiteState(tmp_path / "jobs.sqlite3").expired(time.time() + 10) == []
 
 
 def test_queued_jobs_run_after_restart(tmp_path, tiny_model_dir, inpainter):
@@ -43,7 +43,7 @@ def test_queued_jobs_run_after_restart(tmp_path, tiny_model_dir, inpainter):
             states = [client.get(f"/v2/requests/{i}/status").json()["status"] for i in ids]
             assert states.count("QUEUED") >= 2
     # Simulate the first job having been mid-run when the process died.
-    store = SQLiteJobStore(Path(tmp_path) / "jobs.sqlite3")
+    store = SQLiteState(Path(tmp_path) / "jobs.sqlite3")
     first = store.get(ids[0])
     if first.status == JobStatus.PROCESSING:
         assert first.attempts == 1
@@ -63,7 +63,7 @@ def test_job_that_crashed_twice_is_failed_not_stuck(tmp_path, tiny_model_dir, in
     gate = threading.Event()
     with api_server(settings, lambda: SlowInpainter(inpainter, gate=gate)) as srv:
         request_id = httpx.post(f"{srv.url}/v2/{SLUG}", json=BODY, headers={"x-api-key": KEY_A}).json()["request_id"]
-    store = SQLiteJobStore(Path(tmp_path) / "jobs.sqlite3")
+    store = SQLiteState(Path(tmp_path) / "jobs.sqlite3")
     store.update(request_id, status=JobStatus.PROCESSING, attempts=2, started_at=time.time())
     store.close()
     with api_server(make_settings(tmp_path, tiny_model_dir), lambda: inpainter) as srv:
@@ -76,19 +76,21 @@ def test_job_that_crashed_twice_is_failed_not_stuck(tmp_path, tiny_model_dir, in
 def test_status_never_moves_backwards_in_the_store(tmp_path):
     from service.jobs import JobRecord
 
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    store = SQLiteState(tmp_path / "jobs.sqlite3")
     now = time.time()
-    store.create(JobRecord(id="j", owner="o", params={}, created_at=now, expires_at=now + 60), b"i", b"m")
+    store.create(JobRecord(id="j", owner="o", params={}, created_at=now, expires_at=now + 60))
     assert store.update("j", status=JobStatus.PROCESSING).status == JobStatus.PROCESSING
     assert store.update("j", status=JobStatus.QUEUED) is None
-    assert store.update("j", status=JobStatus.COMPLETED).status == JobStatus.COMPLETED
-    assert store.update("j", status=JobStatus.FAILED) is None
+    assert store.update("j", status=JobStatus.COMPLETED) is None  # ending a job is finish()'s, once
+    assert store.finish("j", status=JobStatus.COMPLETED).status == JobStatus.COMPLETED
+    assert store.finish("j", status=JobStatus.FAILED) is None
+    assert store.update("j", progress_step=3) is None
     assert store.get("j").status == JobStatus.COMPLETED
 
 
 def test_web_tier_does_not_import_torch():
     code = (
-        "import sys, service.app, service.embedded, service.__main__; "
+        "import sys, service.app, service.backend, service.__main__; "
         "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; print(heavy); assert not heavy"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -11,15 +11,14 @@ import modal
 import pytest
 
 from schemas import JobStatus
-from service.jobs import JobRecord, SQLiteJobStore
-from service.modal_backend import ModalDictJobStore, ModalDispatcher
-from service.storage import LocalStorage
-from service.worker import run_job
+from service.backend import build_modal
+from service.jobs import JobRecord
+from service.modal_backend import DictInputs, DictRecords
+from service.sqlite_store import FileInputs, SQLiteState
 from tests.conftest import REPO
 from tests.images import box_mask, gradient_image, png_bytes
-from tests.servers import KEY_A, ApiServer, free_port, make_settings
-from tests.standins import StandInDict, StandInSpawner
-from tests.test_service import BODY, SLUG, sdk, wait_terminal
+from tests.servers import KEY_A
+from tests.standins import StandInDict, standin_dicts
 
 HEAVY = ("torch", "diffusers", "transformers", "xformers", "accelerate", "scipy", "torchsde")
 
@@ -68,13 +67,14 @@ def test_app_layout_and_knobs(recorded_app):
     module, recorded = recorded_app
     assert set(recorded) == {"Inpainter", "web", "sweep", "download_weights", "deliver_webhook"}
     assert recorded["deliver_webhook"]["secrets"] == [module.s3_secret, module.webhook_secret]
+    assert recorded["sweep"]["secrets"] == [module.api_keys_secret, module.s3_secret]  # it keeps credits alive
     gpu = recorded["Inpainter"]
     assert gpu["gpu"] == "A10G"
     assert (gpu["min_containers"], gpu["max_containers"], gpu["buffer_containers"]) == (0, 7, 1)
     assert gpu["scaledown_window"] == 45 and gpu["timeout"] == 300
     assert gpu["enable_memory_snapshot"] is True and gpu["experimental_options"] is None
     assert gpu["image"] is module.gpu_image
-    assert list(gpu["volumes"]) == ["/weights"]
+    assert list(gpu["volumes"]) == ["/weights", "/compile-cache"]
     assert gpu["secrets"] == [module.s3_secret]
     web = recorded["web"]
     assert web["image"] is module.web_image and "gpu" not in web
@@ -114,117 +114,131 @@ def test_gpu_image_pins_resolve_for_linux_py311(recorded_app, tmp_path):
     assert resolved["torch"] == "2.9.1" and resolved["xformers"] == "0.0.33.post2"
 
 
+def test_container_env_carries_the_deploy_config_but_no_secrets(recorded_app, monkeypatch):
+    module, recorded = recorded_app
+    env = recorded["Inpainter"]["env"]
+    assert env["INPAINT_GPU"] == "A10G" and env["INPAINT_TIMEOUT"] == "300"  # containers read what deploy read
+    assert float(env["JOB_TIMEOUT_SECONDS"]) == 290  # under Modal's limit: the job ends FAILED, not killed
+    assert recorded["web"]["env"] is env and recorded["sweep"]["env"] is env
+    monkeypatch.setenv("API_KEYS", "sk-secret")
+    monkeypatch.setenv("TORCH_COMPILE", "1")
+    monkeypatch.setenv("KEY_CREDITS", "sk-secret=5")
+    fresh = module.container_env()
+    assert fresh["TORCH_COMPILE"] == "1"
+    assert "sk-secret" not in json_dump(fresh)
+
+
+def json_dump(value) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def imports_in(node) -> set[str]:
+    import ast
+
+    names = set()
+    for child in ast.walk(node):
+        if isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+            names.add(child.module.split(".")[0])
+        elif isinstance(child, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in child.names)
+    return names
+
+
+def test_every_image_carries_the_local_packages_its_container_imports(recorded_app):
+    """A container imports app.py (module level), then runs its function, which calls app.py's helpers
+    (_settings, _backend, ...): every local package any of them imports must be in that function's image."""
+    import ast
+
+    from modal._utils.async_utils import synchronizer
+
+    module, _ = recorded_app
+    tree = ast.parse((REPO / "app.py").read_text())
+    local = {p.name for p in REPO.iterdir() if (p / "__init__.py").is_file()}
+    top_level = {n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    helpers = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("_")]
+    always = set().union(*(imports_in(n) for n in top_level), *(imports_in(n) for n in helpers))
+    bodies = {n.name: imports_in(n) for n in tree.body if isinstance(n, ast.FunctionDef)}
+    bodies["Inpainter.*"] = imports_in(next(n for n in tree.body if isinstance(n, ast.ClassDef)))
+    checked = 0
+    for name, function in module.app.registered_functions.items():
+        image = synchronizer._translate_in(function)._spec.image
+        shipped = set(image._added_python_source_set)
+        needed = (always | bodies[name]) & local
+        assert needed <= shipped, f"{name}: image lacks {sorted(needed - shipped)}"
+        checked += 1
+    assert checked == 5 and "inference" in bodies["Inpainter.*"] and "weights" in bodies["download_weights"]
+
+
 def test_inpainter_run_local_end_to_end(recorded_app, monkeypatch, tiny_model_dir, tmp_path):
     module, _ = recorded_app
     monkeypatch.setenv("MODEL_DIR", str(tiny_model_dir))
     monkeypatch.setenv("STATE_DIR", str(tmp_path))
-    monkeypatch.setattr(module, "jobs_dict", StandInDict())
-    store = ModalDictJobStore(module.jobs_dict)
+    monkeypatch.setattr(module, "dicts", standin_dicts())
+    jobs = build_modal(module._settings(), module.dicts).jobs
     now = time.time()
-    store.create(JobRecord(id="j1", owner="o", params={"prompt": "a chair", "seed": 5}, created_at=now,
-                           expires_at=now + 60), png_bytes(gradient_image()), png_bytes(box_mask()))
+    jobs.records.create(JobRecord(id="j1", owner="o", params={"prompt": "a chair", "seed": 5}, created_at=now,
+                                  expires_at=now + 60))
+    jobs.inputs.put("j1", png_bytes(gradient_image()), png_bytes(box_mask()))
     result = module.Inpainter().run.local("j1")
     assert result["record"]["status"] == "COMPLETED" and result["record"]["seeds"] == [5]
-    assert store.get("j1").status == JobStatus.COMPLETED and store.get_inputs("j1") is None
+    assert jobs.records.get("j1").status == JobStatus.COMPLETED and jobs.inputs.get("j1") is None
     key = result["record"]["images"][0]["key"]
     assert (tmp_path / "results" / key).read_bytes() == result["files"][0][0]
+    assert jobs.records.unfinished() == 0
 
 
-# ---- the job store contract, both implementations --------------------------------------------
+# ---- the store ports, both implementations ---------------------------------------------------
 
 @pytest.fixture(params=["sqlite", "modal-dict"])
-def job_store(request, tmp_path):
+def stores(request, tmp_path):
     if request.param == "sqlite":
-        return SQLiteJobStore(tmp_path / "jobs.sqlite3")
-    return ModalDictJobStore(StandInDict())
+        return SQLiteState(tmp_path / "jobs.sqlite3"), FileInputs(tmp_path / "inputs")
+    dicts = standin_dicts()
+    return DictRecords(dicts["records"], dicts["active"]), DictInputs(dicts["inputs"])
 
 
 def make_record(job_id, created, ttl=60.0):
     return JobRecord(id=job_id, owner="o", params={"prompt": "p"}, created_at=created, expires_at=created + ttl)
 
 
-def test_store_contract(job_store):
+def test_store_contract(stores):
+    records, inputs = stores
     now = time.time()
     for i in range(3):
-        job_store.create(make_record(f"j{i}", now + i), b"img%d" % i, b"mask")
-    assert job_store.get("j1").id == "j1" and job_store.get("nope") is None
-    assert job_store.get_inputs("j2") == (b"img2", b"mask")
-    assert job_store.ids_with_status(JobStatus.QUEUED) == ["j0", "j1", "j2"]
-    assert [job_store.queue_position(f"j{i}") for i in range(3)] == [0, 1, 2]
-    assert job_store.count_unfinished() == 3
-    assert job_store.update("j0", status=JobStatus.PROCESSING, attempts=1).attempts == 1
-    assert job_store.queue_position("j2") == 1
-    assert job_store.update("j0", status=JobStatus.QUEUED) is None  # never backwards
-    assert job_store.update("j0", status=JobStatus.COMPLETED).status == JobStatus.COMPLETED
-    assert job_store.update("j0", error="late") is None  # finished jobs are frozen
-    job_store.delete_inputs("j0")
-    assert job_store.get_inputs("j0") is None
-    assert job_store.count_unfinished() == 2
-    assert [r.id for r in job_store.expired(now + 60.5)] == ["j0"]
-    job_store.delete("j0")
-    assert job_store.get("j0") is None
-    # A cancel request (web tier) must not overwrite what the worker wrote meanwhile.
-    job_store.update("j1", status=JobStatus.PROCESSING, progress_step=3, progress_total=20)
-    assert not job_store.cancel_requested("j1")
-    job_store.request_cancel("j1")
-    assert job_store.cancel_requested("j1")
-    assert job_store.get("j1").status == JobStatus.PROCESSING and job_store.get("j1").progress_step == 3
+        assert records.create(make_record(f"j{i}", now + i))
+        inputs.put(f"j{i}", b"img%d" % i, b"mask")
+    assert not records.create(make_record("j3", now + 3), max_unfinished=3)  # the queue cap, atomic
+    assert records.get("j1").id == "j1" and records.get("nope") is None
+    assert inputs.get("j2") == (b"img2", b"mask")
+    assert records.unfinished_ids(JobStatus.QUEUED) == ["j0", "j1", "j2"]
+    assert [records.queue_position(f"j{i}") for i in range(3)] == [0, 1, 2]
+    assert records.unfinished() == 3
+    assert records.update("j0", status=JobStatus.PROCESSING, attempts=1).attempts == 1
+    assert records.queue_position("j2") == 1
+    assert records.update("j0", status=JobStatus.QUEUED) is None  # never backwards
+    assert records.update("j0", status=JobStatus.COMPLETED) is None  # only finish() ends a job
+    assert records.finish("j0", status=JobStatus.COMPLETED).status == JobStatus.COMPLETED
+    assert records.finish("j0", status=JobStatus.FAILED) is None  # exactly once
+    assert records.update("j0", progress_step=1) is None  # a late write never shows
+    assert records.get("j0").status == JobStatus.COMPLETED and records.get("j0").progress_step is None
+    inputs.delete("j0")
+    assert inputs.get("j0") is None
+    assert records.unfinished() == 2
+    assert [r.id for r in records.expired(now + 60.5)] == ["j0"]
+    records.delete("j0")
+    assert records.get("j0") is None
+    assert records.claim("attempt1:j1") and not records.claim("attempt1:j1")
+    records.update("j1", status=JobStatus.PROCESSING, progress_step=3, progress_total=20)
+    assert not records.cancel_requested("j1")
+    records.request_cancel("j1")
+    assert records.cancel_requested("j1")
+    assert records.get("j1").status == JobStatus.PROCESSING and records.get("j1").progress_step == 3
 
 
-def test_store_hides_expired(job_store):
-    job_store.create(make_record("old", time.time() - 120), b"i", b"m")
-    assert job_store.get("old") is None
-    assert [r.id for r in job_store.expired(time.time())] == ["old"]
-
-
-# ---- the Modal web tier over real HTTP, Modal objects stood in -------------------------------
-
-@pytest.fixture
-def modal_server(tmp_path, tiny_model_dir, inpainter):
-    from service.app import create_app
-
-    settings = make_settings(tmp_path, tiny_model_dir)
-    store = ModalDictJobStore(StandInDict())
-    storage = LocalStorage(tmp_path / "results")
-    spawner = StandInSpawner(lambda job_id: __import__("service.modal_backend", fromlist=["x"]).outcome_to_wire(
-        run_job(job_id, store, storage, inpainter)))
-    dispatcher = ModalDispatcher(store, spawn=spawner.spawn, call_from_id=spawner.from_id, gpu="L4")
-    server = ApiServer(create_app(settings, store, storage, dispatcher), free_port()).start()
-    yield server, store
-    server.stop()
-    spawner.pool.shutdown(wait=True)
-
-
-def test_modal_backends_serve_the_sdk_flows(modal_server):
-    server, store = modal_server
-    client = sdk(server)
-    response = client.run_sync(SLUG, **BODY)
-    assert response.headers["content-type"] == "image/jpeg" and response.headers["x-seed-value"] == "42"
-    result = client.submit_async(SLUG, **{**BODY, "samples": 2}).wait(timeout=60, interval=0.05)
-    assert result["status"] == "COMPLETED" and len(result["output"]) == 2
-    assert httpx.get(result["output"][1]).status_code == 200
-    assert store.call_id(result["request_id"]).startswith("fc-standin-")
-    assert httpx.get(f"{server.url}/health").json()["device"] == "modal:L4"
-
-
-def test_modal_backends_status_monotonic_and_cancel(modal_server):
-    server, _ = modal_server
-    with httpx.Client(base_url=server.url, headers={"x-api-key": KEY_A}, timeout=60) as client:
-        ids = [client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"] for _ in range(3)]
-        cancel = client.post(f"/v2/requests/{ids[2]}/cancel").json()
-        assert cancel["status"] in ("CANCELLED", "CANCELLING")
-        seen = {i: [] for i in ids}
-        order = {"QUEUED": 0, "PROCESSING": 1, "COMPLETED": 2, "FAILED": 2}
-        for request_id in ids:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                r = client.get(f"/v2/requests/{request_id}/status")
-                seen[request_id].append(r.json()["status"])
-                if seen[request_id][-1] in ("COMPLETED", "FAILED"):
-                    break
-                time.sleep(0.02)
-        for states in seen.values():
-            ranks = [order[s] for s in states]
-            assert ranks == sorted(ranks)
-        assert seen[ids[0]][-1] == seen[ids[1]][-1] == "COMPLETED"
-        assert wait_terminal(client, ids[2])["error"] == "cancelled"
+def test_store_hides_expired(stores):
+    records, _ = stores
+    records.create(make_record("old", time.time() - 120))
+    assert records.get("old") is None
+    assert [r.id for r in records.expired(time.time())] == ["old"]

@@ -15,24 +15,21 @@ from pathlib import Path  # noqa: E402
 import uvicorn  # noqa: E402
 
 from service.app import create_app  # noqa: E402
+from service.backend import build_embedded  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.jobs import SQLiteJobStore  # noqa: E402
-from service.storage import LocalStorage  # noqa: E402
 
 
-class NoWorker:
-    state, error, device = "ready", None, None
+class NoModel:
+    """Stands where the model would be: the benchmark measures the web tier's start only."""
 
-    def submit(self, job_id): ...
-    def wait(self, job_id, timeout): return None
-    def cancel(self, job_id): ...
+    device = None
 
 
 def main() -> None:
     port, report = int(sys.argv[1]), Path(sys.argv[2])
     state = Path(tempfile.mkdtemp(prefix="web-tier-"))
     settings = Settings(api_keys=["k"], state_dir=state)
-    app = create_app(settings, SQLiteJobStore(state / "jobs.sqlite3"), LocalStorage(state / "results"), NoWorker())
+    app = create_app(build_embedded(settings, make_inpainter=NoModel))
 
     report.write_text(json.dumps({
         "import_to_app_built_s": time.perf_counter() - STARTED,

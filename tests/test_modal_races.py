@@ -1,0 +1,325 @@
+"""The Modal backend between containers: forced interleavings over a stand-in Dict, Modal's own exception
+classes, and how many Dict calls each request costs. Every race must end with exactly one terminal state,
+one webhook and one refund."""
+
+import asyncio
+import threading
+import time
+
+import httpx
+import modal.exception
+import pytest
+
+from schemas import InpaintParams, JobStatus
+from service.app import create_app
+from service.auth import key_owner
+from service.backend import build_modal
+from service.failures import Failure
+from service.housekeeping import reap_stale
+from service.job_service import WorkerFailed
+from service.jobs import JobRecord
+from service.limits import remaining_credits
+from service.modal_backend import outcome_to_wire
+from service.worker import run_job
+from tests.images import box_mask, gradient_image, png_bytes
+from tests.servers import KEY_A, ApiServer, free_port, make_settings
+from tests.standins import StandInSpawner, standin_dicts
+from tests.test_service import BODY, SLUG, sdk, wait_terminal
+
+BUDGET = 10
+
+
+class Deployment:
+    """The Modal backend over stand-in Dicts: a web tier's JobService and GPU 'containers' (threads) running
+    run_job on the real tiny model, each building its own JobService over the same Dicts like a container."""
+
+    def __init__(self, tmp_path, model_dir, inpainter, containers=1, spawn_error=None):
+        self.settings = make_settings(tmp_path, model_dir, key_credits={KEY_A: BUDGET})
+        self.dicts = standin_dicts()
+        self.webhooks: list[str] = []
+        self.runs: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.inpainter = inpainter
+        self.spawn_error = spawn_error
+        self.spawner = StandInSpawner(self._gpu_run, containers)
+        self.web = self._backend(spawn=self._spawn).jobs
+
+    def _backend(self, spawn=None):
+        return build_modal(self.settings, self.dicts, spawn=spawn, call_from_id=self.spawner.from_id, gpu="L4",
+                           on_terminal=lambda record: self.webhooks.append(record.id))
+
+    def _spawn(self, job_id):
+        if self.spawn_error is not None:
+            raise self.spawn_error
+        return self.spawner.spawn(job_id)
+
+    def _gpu_run(self, job_id):
+        assert self.gate.wait(30)
+        container = self._backend()  # a GPU container has its own JobService over the shared Dicts
+        outcome = run_job(job_id, container.jobs, self, timeout=60)
+        return outcome_to_wire(outcome)
+
+    def run(self, params, image, mask, on_step=None):  # the model, counting runs
+        self.runs.append(params.prompt)
+        return self.inpainter.run(params, image, mask, on_step=on_step)
+
+    def submit(self, prompt="a chair"):
+        owner = key_owner(KEY_A)
+        record, _ = self.web.admit(owner, InpaintParams(prompt=prompt, seed=3), png_bytes(gradient_image()),
+                                   png_bytes(box_mask()), "http://test")
+        return record.id
+
+    def credits_left(self):
+        return remaining_credits(self.web.counters, key_owner(KEY_A), BUDGET)
+
+    def wait_end(self, job_id):
+        deadline = time.monotonic() + 120
+        while (record := self.web.records.get(job_id)) is not None and not record.status.terminal:
+            assert time.monotonic() < deadline, f"{job_id} never ended"
+            time.sleep(0.02)
+        return record
+
+    def close(self):
+        self.gate.set()
+        self.spawner.pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def deployment(tmp_path, tiny_model_dir, inpainter):
+    made = []
+
+    def make(**kwargs):
+        made.append(Deployment(tmp_path, tiny_model_dir, inpainter, **kwargs))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()
+
+
+def test_cancel_racing_the_start_of_the_job(deployment):
+    d = deployment()
+    d.gate.clear()
+    job_id = d.submit()
+    # The GPU worker reads the record (QUEUED), claims its attempt, and stops right before writing PROCESSING.
+    reached, release = d.dicts["records"].pause_before("put", f"job:{job_id}")
+    d.gate.set()
+    assert reached.wait(30)
+    cancelled = d.web.cancel(d.web.records.get(job_id))  # the web tier sees QUEUED and ends the job
+    release.set()
+    record = d.wait_end(job_id)
+    d.spawner.pool.shutdown(wait=True)
+    assert cancelled.status == "CANCELLED"
+    assert record.status == JobStatus.FAILED and record.failure == Failure.CANCELLED
+    assert d.web.records.get(job_id).status == JobStatus.FAILED  # never moved back to PROCESSING
+    assert d.webhooks == [job_id] and d.credits_left() == BUDGET and d.runs == []
+
+
+def test_two_sweeps_at_once_fail_a_silent_job_once(deployment):
+    d = deployment()
+    job_ids = [d.submit() for _ in range(2)]
+    for job_id in job_ids:
+        d.wait_end(job_id)
+    # A job silent after its second attempt, whose call is gone: both sweeps decide to fail it.
+    now = time.time()
+    job = d.web.records
+    job.create(JobRecord(id="silent", owner=key_owner(KEY_A), params={"samples": 1}, created_at=now - 900,
+                         expires_at=now + 900))
+    d.web.counters.modify(f"credits:{key_owner(KEY_A)}", lambda doc: ({"used": doc["used"] + 1}, None))
+    job.update("silent", status=JobStatus.PROCESSING, attempts=2, heartbeat_at=now - 600)
+    d.web.dispatcher.records.dict.put("call:silent", {"id": "fc-gone", "at": now - 600})
+    d.spawner.calls["fc-gone"] = d.spawner.calls[next(iter(d.spawner.calls))]  # a finished call
+    sweeps = [d._backend(spawn=d._spawn).jobs for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def sweep(jobs):
+        barrier.wait()
+        reap_stale(jobs, lease=120)
+
+    threads = [threading.Thread(target=sweep, args=(jobs,)) for jobs in sweeps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    record = job.get("silent")
+    assert record.status == JobStatus.FAILED and record.failure == Failure.WORKER_LOST
+    assert d.webhooks.count("silent") == 1
+    assert d.credits_left() == BUDGET - 2  # the two completed jobs stay charged; "silent" refunded once
+
+
+def test_two_sweeps_redispatching_run_the_job_once(deployment):
+    d = deployment(containers=2)
+    d.gate.clear()
+    job_id = d.submit()
+    now = time.time()
+    # Its first call died mid-run (attempt 1 claimed, PROCESSING, silent); the call is gone.
+    d.web.records.claim(f"attempt1:{job_id}")
+    d.web.records.update(job_id, status=JobStatus.PROCESSING, attempts=1, heartbeat_at=now - 600)
+    first_call = d.dicts["records"].get(f"call:{job_id}")["id"]
+    d.spawner.calls[first_call].future.cancel()
+    d.dicts["records"].put(f"call:{job_id}", {"id": first_call, "at": now - 600})
+    d.spawner.calls[first_call].future = _failed_future(modal.exception.FunctionTimeoutError("killed"))
+    sweeps = [d._backend(spawn=d._spawn).jobs for _ in range(2)]
+    for jobs in sweeps:
+        reap_stale(jobs, lease=120)
+    d.gate.set()
+    record = d.wait_end(job_id)
+    d.spawner.pool.shutdown(wait=True)
+    assert record.status == JobStatus.COMPLETED and record.attempts == 2
+    assert len(d.runs) == 1  # both sweeps spawned it, the attempt claim let one copy run
+    assert d.webhooks == [job_id] and d.credits_left() == BUDGET - 1
+
+
+def _failed_future(exc):
+    from concurrent.futures import Future
+
+    future = Future()
+    future.set_exception(exc)
+    return future
+
+
+def test_sweep_leaves_a_slow_worker_alone(deployment):
+    d = deployment()
+    d.gate.clear()  # the GPU call is pending (queued behind max_containers, or slow to start)
+    job_id = d.submit()
+    d.web.records.update(job_id, heartbeat_at=time.time() - 600)
+    assert reap_stale(d._backend(spawn=d._spawn).jobs, lease=120) == 0
+    assert d.spawner.spawned == [job_id]  # not spawned twice
+    d.gate.set()
+    assert d.wait_end(job_id).status == JobStatus.COMPLETED
+    assert d.webhooks == [job_id] and len(d.runs) == 1
+
+
+def test_spawn_failure_answers_503_and_ends_the_job(deployment):
+    d = deployment(spawn_error=modal.exception.ConnectionError("modal is down"))
+    from service.errors import ApiError
+
+    with pytest.raises(ApiError) as refused:
+        d.submit()
+    assert refused.value.status == 503 and "nothing was charged" in refused.value.message
+    failed = [d.web.records.get(job_id) for job_id in d.webhooks]
+    assert len(failed) == 1 and failed[0].failure == Failure.UNAVAILABLE
+    assert d.credits_left() == BUDGET and d.web.records.unfinished() == 0
+
+
+def test_enter_failure_fails_queued_jobs_with_the_reason(deployment):
+    d = deployment()
+    d.spawner.method = lambda job_id: (_ for _ in ()).throw(RuntimeError("no weights in the Modal Volume"))
+    job_id = d.submit()
+    d.spawner.pool.shutdown(wait=True)  # the call has failed
+    later = time.time() + d.settings.lease_seconds + 1
+    assert reap_stale(d.web, lease=d.settings.lease_seconds, now=later) == 1
+    record = d.web.records.get(job_id)
+    assert record.status == JobStatus.FAILED and record.failure == Failure.UNAVAILABLE
+    assert "no weights" in record.error
+    assert d.webhooks == [job_id] and d.credits_left() == BUDGET
+
+
+@pytest.mark.parametrize("error", [modal.exception.OutputExpiredError(), modal.exception.FunctionTimeoutError("t"),
+                                   modal.exception.InputCancellation(), RuntimeError("enter failed")])
+def test_a_dead_call_is_not_answered_as_still_running(deployment, error):
+    d = deployment()
+    d.spawner.method = lambda job_id: (_ for _ in ()).throw(error)
+    job_id = d.submit()
+    with pytest.raises(WorkerFailed):
+        asyncio.run(d.web.dispatcher.wait(job_id, 30))
+    outcome = asyncio.run(d.web.wait_until_done(job_id, 30))
+    assert outcome.record.status == JobStatus.FAILED and outcome.record.failure == Failure.UNAVAILABLE
+    assert type(error).__name__ in outcome.record.error
+
+
+def test_pending_call_is_still_running(deployment):
+    d = deployment()
+    d.gate.clear()
+    job_id = d.submit()
+    assert asyncio.run(d.web.dispatcher.wait(job_id, 0.2)) is None  # builtin TimeoutError: pending
+    d.gate.set()
+
+
+def test_modal_cancellation_in_the_container_ends_the_job_cancelled(deployment):
+    d = deployment()
+    d.gate.clear()
+    job_id = d.submit()
+    container = d._backend().jobs
+
+    class CancelledMidRun:
+        def run(self, *args, **kwargs):
+            d.web.records.request_cancel(job_id)  # the web tier's cancel, then FunctionCall.cancel():
+            raise modal.exception.InputCancellation("cancelled")
+
+    with pytest.raises(modal.exception.InputCancellation):  # a BaseException: `except Exception` would miss it
+        run_job(job_id, container, CancelledMidRun())
+    record = d.web.records.get(job_id)
+    assert record.status == JobStatus.FAILED and record.failure == Failure.CANCELLED
+    assert d.webhooks == [job_id] and d.credits_left() == BUDGET
+
+
+# ---- the Modal web tier over real HTTP, with Dict calls counted -------------------------------
+
+@pytest.fixture
+def modal_server(deployment):
+    d = deployment()
+    server = ApiServer(create_app(d._backend(spawn=d._spawn)), free_port()).start()
+    yield server, d
+    server.stop()
+
+
+def dict_calls(d) -> int:
+    return sum(x.calls for x in d.dicts.values())
+
+
+def test_modal_backends_serve_the_sdk_flows(modal_server):
+    server, d = modal_server
+    client = sdk(server)
+    response = client.run_sync(SLUG, **BODY)
+    assert response.headers["content-type"] == "image/jpeg" and response.headers["x-seed-value"] == "42"
+    result = client.submit_async(SLUG, **{**BODY, "samples": 2}).wait(timeout=60, interval=0.05)
+    assert result["status"] == "COMPLETED" and len(result["output"]) == 2
+    assert httpx.get(result["output"][1]).status_code == 200
+    assert d.dicts["records"].get(f"call:{result['request_id']}")["id"].startswith("fc-standin-")
+    assert httpx.get(f"{server.url}/health").json()["device"] == "modal:L4"
+
+
+def test_dict_calls_per_request_are_constant(modal_server, capsys):
+    """Counted, not scanned: submit, a status poll and /health cost a fixed number of Dict calls,
+    however many jobs are stored."""
+    server, d = modal_server
+    d.gate.clear()
+    costs = {}
+    with httpx.Client(base_url=server.url, headers={"x-api-key": KEY_A}, timeout=60) as client:
+        for round_ in range(2):
+            before = dict_calls(d)
+            request_id = client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+            submit = dict_calls(d) - before
+            before = dict_calls(d)
+            assert client.get(f"/v2/requests/{request_id}/status").json()["status"] == "QUEUED"
+            status = dict_calls(d) - before
+            before = dict_calls(d)
+            client.get("/health")
+            health = dict_calls(d) - before
+            costs[round_] = (submit, status, health)
+            for _ in range(5):  # more stored jobs must not change the next round's costs
+                client.post(f"/v2/{SLUG}", json=BODY)
+        d.gate.set()
+    with capsys.disabled():
+        print(f"\nDict calls (submit, QUEUED status poll, /health): {costs[0]}")
+    assert costs[0] == costs[1]
+    assert all(d.dicts[name].calls for name in ("records", "active", "inputs", "counters"))
+
+
+def test_modal_status_monotonic_and_cancel(modal_server):
+    server, _ = modal_server
+    with httpx.Client(base_url=server.url, headers={"x-api-key": KEY_A}, timeout=60) as client:
+        ids = [client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"] for _ in range(3)]
+        cancel = client.post(f"/v2/requests/{ids[2]}/cancel").json()
+        assert cancel["status"] in ("CANCELLED", "CANCELLING")
+        order = {"QUEUED": 0, "PROCESSING": 1, "COMPLETED": 2, "FAILED": 2}
+        for request_id in ids:
+            seen = []
+            while not seen or seen[-1] not in ("COMPLETED", "FAILED"):
+                seen.append(client.get(f"/v2/requests/{request_id}/status", params={"wait": 5}).json()["status"])
+            ranks = [order[s] for s in seen]
+            assert ranks == sorted(ranks)
+        assert wait_terminal(client, ids[0])["status"] == wait_terminal(client, ids[1])["status"] == "COMPLETED"
+        assert wait_terminal(client, ids[2])["error"] == "cancelled"
