@@ -138,7 +138,6 @@ class EmbeddedDispatcher:
         self.jobs = jobs
 
     def start(self) -> None:
-        self._recover()
         self._thread = threading.Thread(target=self._loop, name="inpaint-worker", daemon=True)
         self._thread.start()
 
@@ -198,6 +197,7 @@ class EmbeddedDispatcher:
             return False
 
     def _loop(self) -> None:
+        self._recover()  # here, not in start(): start() runs on the event loop, the store must not
         loaded = self._load()
         while (job_id := self._queue.get()) is not None:
             self._dispatched.pop(job_id, None)

@@ -132,5 +132,5 @@ def test_safety_checker_can_be_turned_off(tiny_flagging_model_dir):
 def test_missing_weights_error_names_the_fix(tmp_path):
     from inference import WeightsNotFound
 
-    with pytest.raises(WeightsNotFound, match="download_weights"):
+    with pytest.raises(WeightsNotFound, match="weights.download"):
         Inpainter(tmp_path)

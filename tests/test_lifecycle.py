@@ -16,7 +16,7 @@ from tests.test_service import BODY, SLUG, wait_terminal
 
 
 def test_expired_ids_are_404_and_files_deleted(tmp_path, tiny_model_dir, inpainter):
-    settings = make_settings(tmp_path, tiny_model_dir, result_ttl_seconds=2)
+    settings = make_settings(tmp_path, tiny_model_dir, result_ttl_seconds=5)
     with api_server(settings, lambda: inpainter) as srv:
         with httpx.Client(base_url=srv.url, headers={"x-api-key": KEY_A}, timeout=60) as client:
             request_id = client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
@@ -25,8 +25,10 @@ def test_expired_ids_are_404_and_files_deleted(tmp_path, tiny_model_dir, inpaint
             assert httpx.get(url).status_code == 200
             files = list((tmp_path / "results").rglob("*.jpeg"))
             assert len(files) == 1
-            time.sleep(2.6)  # TTL plus a couple of sweep intervals
-            assert client.get(f"/v2/requests/{request_id}/status").status_code == 404
+            deadline = time.monotonic() + 60  # the TTL, then the sweep; waited for, not slept
+            while files[0].exists() or client.get(f"/v2/requests/{request_id}/status").status_code != 404:
+                assert time.monotonic() < deadline, "the expired job was not swept"
+                time.sleep(0.1)
             assert client.get(f"/v2/requests/{request_id}").status_code == 404
             assert httpx.get(url).status_code == 404
             assert not files[0].exists()

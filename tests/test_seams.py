@@ -1,0 +1,101 @@
+"""The seams of the service: no store call on the event loop, the failure table, refunds exactly once."""
+
+import asyncio
+import threading
+
+import httpx
+import pytest
+
+from schemas import InpaintParams, JobStatus
+from service.app import create_app
+from service.auth import key_owner
+from service.backend import build_embedded
+from service.failures import FAILURE_TABLE, Failure, refunded, v1_status
+from service.limits import remaining_credits
+from tests.images import box_mask, gradient_image, png_bytes
+from tests.servers import KEY_A, ApiServer, SlowInpainter, free_port, make_settings
+from tests.test_service import BODY, SLUG, wait_terminal
+
+
+class LoopGuard:
+    """Wraps a store port; records every call made on a thread that runs an event loop."""
+
+    def __init__(self, inner, violations: list):
+        self._inner, self._violations = inner, violations
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def guarded(*args, **kwargs):
+            try:
+                asyncio.get_running_loop()
+                self._violations.append(f"{name} on the event loop ({threading.current_thread().name})")
+            except RuntimeError:
+                pass
+            return attr(*args, **kwargs)
+
+        return guarded
+
+
+def test_no_handler_calls_the_store_on_the_event_loop(tmp_path, tiny_model_dir, inpainter):
+    violations: list[str] = []
+    gate = threading.Event()
+    backend = build_embedded(make_settings(tmp_path, tiny_model_dir, key_credits={KEY_A: 50}),
+                             lambda: SlowInpainter(inpainter, gate=gate))
+    jobs = backend.jobs
+    jobs.records, jobs.inputs, jobs.counters = (LoopGuard(p, violations) for p in (jobs.records, jobs.inputs,
+                                                                                    jobs.counters))
+    server = ApiServer(create_app(backend), free_port()).start()
+    try:
+        with httpx.Client(base_url=server.url, headers={"x-api-key": KEY_A}, timeout=60) as client:
+            queued = client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+            second = client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+            assert client.get(f"/v2/requests/{second}/status").json()["status"] == "QUEUED"
+            client.get(f"/v2/requests/{second}/status", params={"wait": 0.2})
+            assert client.get(f"/v2/requests/{second}").status_code == 202
+            assert client.post(f"/v2/requests/{second}/cancel").json()["status"] == "CANCELLED"
+            client.get("/health")
+            gate.set()
+            assert client.post(f"/v1/{SLUG}", json=BODY).status_code == 200
+            wait_terminal(client, queued)
+            result = client.get(f"/v2/requests/{queued}").json()
+            assert httpx.get(result["output"]).status_code == 200
+            assert client.post(f"/v2/requests/{queued}/cancel").json()["status"] == "COMPLETED"
+    finally:
+        server.stop()
+    assert violations == []
+
+
+def test_failure_table_covers_every_kind_and_maps_to_http():
+    assert set(FAILURE_TABLE) == set(Failure)
+    assert v1_status(Failure.BLOCKED) == v1_status(Failure.CANCELLED) == 422
+    assert v1_status(Failure.UNAVAILABLE) == 503 and v1_status(Failure.TIMED_OUT) == 504
+    assert v1_status(None) == 500
+    assert not refunded(Failure.BLOCKED)  # the caller's content was the cause
+    assert all(refunded(kind) for kind in Failure if kind != Failure.BLOCKED)
+
+
+@pytest.mark.parametrize("failure", list(Failure))
+def test_a_failed_job_is_refunded_exactly_once(tmp_path, tiny_model_dir, failure):
+    settings = make_settings(tmp_path, tiny_model_dir, key_credits={KEY_A: 5})
+    jobs = build_embedded(settings, lambda: None).jobs  # not started: nothing runs the job
+    ended = []
+    jobs.on_terminal = ended.append
+    owner = key_owner(KEY_A)
+    record, left = jobs.admit(owner, InpaintParams(prompt="p", samples=2), png_bytes(gradient_image()),
+                              png_bytes(box_mask()), "http://x")
+    assert left == 3
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(jobs.fail(record.id, failure, "boom")))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r is not None for r in results) == 1 and len(ended) == 1
+    assert jobs.complete(record.id) is None  # nothing ends twice
+    expected = 5 if refunded(failure) else 3
+    assert remaining_credits(jobs.counters, owner, 5) == expected
+    assert jobs.records.get(record.id).status == JobStatus.FAILED and jobs.inputs.get(record.id) is None
