@@ -1,113 +1,321 @@
-"""GPU latency of the full-size SD1.5-inpainting pipeline (random weights: weights don't change speed).
+"""GPU latency and $/image of the full-size SD1.5-inpainting pipeline (random weights: weights don't change speed).
 
-    python -m scripts.bench.gpu [--price-per-second 0.000222] [--modes eager,xformers,compile] [--runs 3]
+    python -m scripts.bench.gpu [--modes eager,xformers,compile] [--sizes 512,768] [--batches 1,2,4,8]
+                                [--steps 20] [--runs 10] [--warmup 2] [--price-per-second P]
 
-Needs CUDA; exits with a message otherwise. For each attention/compile mode, at
-512² and 768², 20 and 25 DDIM steps, batch 1 and 4: s/image, it/s, images/s,
-achieved TFLOP/s against the compute floor (one SD1.5 UNet forward at a 64x64
-latent is ~803 GFLOP; CFG doubles it; scaled by latent area, which undercounts
-attention at 768²), peak GPU memory, $/1000 images at --price-per-second, and the
-largest pixel difference of each mode's same-seed output from eager's.
+Needs CUDA; exits 2 with a message otherwise. Method:
+- Every mode (eager = PyTorch SDPA; xformers; compile = torch.compile + channels_last + fused QKV, the
+  production path of inference/pipeline.py) is loaded side by side, and each mode's attention
+  processors are checked after loading: a mode that silently fell back (xformers missing) is
+  reported as unavailable, never timed under the wrong name.
+- Per (size, batch): `--warmup` untimed calls per mode (the first one compiles, timed apart as
+  compile_seconds), then `--runs` rounds that run every mode once in a rotating order, so drift
+  (clocks, thermals) hits all modes alike. CUDA is synchronised around each call. p50 and p90.
+- torch.compile gets one static graph per shape (automatic dynamic shapes off, a recompile limit
+  above the number of shapes), so compile rows compare like for like with eager.
+- The UNet's own time is taken with CUDA events in hooks around each UNet call; it/s and TFLOP/s
+  use it, not the whole pipeline (text encoder, VAE, PIL). FLOPs per UNet call are counted by
+  torch's FlopCounterMode at each latent size (CFG doubles the batch), not scaled by area.
+- Output agreement with eager: one extra same-seed run per mode returning latents (random weights
+  make decoded pixels meaningless and fp16 may overflow): max |latent - eager latent| and NaN count.
+- The safety checker (off in these pipelines, on in production) is timed apart at each batch with a
+  random full-size CLIP ViT-L/14 checker, and added to s/image for $/1000 images.
+- $/1000 images = price of the detected GPU (service/pricing.py, or --price-per-second) x busy GPU
+  seconds per image. Idle scale-down time and cold starts are not in it: feed the JSON to
+  `python -m scripts.cost_sim --gpu-json bench-results/gpu.json` for that.
+- JSON (bench-results/gpu.json) is rewritten after every (size, batch), so a crash keeps what ran;
+  a failing row records its error and the run goes on.
 """
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-UNET_GFLOP_64 = 803.0
+EXPECTED_PROCESSOR = {"eager": "AttnProcessor2_0", "xformers": "XFormersAttnProcessor",
+                      "compile": "FusedAttnProcessor2_0"}
 
 
-def build(model_dir: Path, mode: str):
+def build(model_dir: Path, mode: str, device: str, dtype):
+    """A pipeline in `mode`, DDIM, and the attention processor class names it really has."""
     import torch
+    from diffusers import DDIMScheduler
 
     from inference.pipeline import load_pipeline
 
-    pipe = load_pipeline(model_dir, device="cuda", dtype=torch.float16, safety_checker=False,
+    if mode == "compile":
+        import torch._dynamo
+
+        torch._dynamo.config.automatic_dynamic_shapes = False
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, 64)
+    pipe = load_pipeline(model_dir, device=device, dtype=dtype, safety_checker=False,
                          xformers=(mode == "xformers"), compile_unet=(mode == "compile"))
-    from diffusers import DDIMScheduler
-
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    return pipe
+    unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+    processors = sorted({type(p).__name__ for p in unet.attn_processors.values()})
+    if processors != [EXPECTED_PROCESSOR[mode]]:
+        raise RuntimeError(f"attention processors are {processors}, not {EXPECTED_PROCESSOR[mode]} "
+                           f"(the mode did not take effect)")
+    if mode == "compile" and unet is pipe.unet:
+        raise RuntimeError("the UNet was not compiled (compile only applies on CUDA)")
+    return pipe, processors
 
 
-def run_once(pipe, size: int, steps: int, batch: int, seed: int = 0):
+def weights_bytes(pipe) -> int:
+    return sum(t.numel() * t.element_size() for m in (pipe.unet, pipe.vae, pipe.text_encoder)
+               for t in itertools.chain(m.parameters(), m.buffers()))
+
+
+class UnetTimer:
+    """Sums the time spent inside the UNet's calls (CUDA events on GPU, perf_counter on CPU)."""
+
+    def __init__(self, unet, cuda: bool):
+        import torch
+
+        self.torch, self.cuda, self.spans, self.start = torch, cuda, [], None
+        unet.register_forward_pre_hook(self.before)
+        unet.register_forward_hook(self.after)
+
+    def mark(self):
+        if self.cuda:
+            event = self.torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def before(self, *_):
+        self.start = self.mark()
+
+    def after(self, *_):
+        self.spans.append((self.start, self.mark()))
+
+    def take(self) -> float:
+        """Seconds inside the UNet since the last take (call after synchronising)."""
+        spans, self.spans = self.spans, []
+        if self.cuda:
+            return sum(a.elapsed_time(b) for a, b in spans) / 1000
+        return sum(b - a for a, b in spans)
+
+
+def unet_flops(pipe, size: int) -> float:
+    """FLOPs of one UNet call for one image with CFG (a batch of 2 latents) at `size` pixels."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+    p = next(unet.parameters())
+    side = size // 8
+    sample = torch.zeros(2, unet.config.in_channels, side, side, device=p.device, dtype=p.dtype)
+    context = torch.zeros(2, 77, unet.config.cross_attention_dim, device=p.device, dtype=p.dtype)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        unet(sample, 500, encoder_hidden_states=context)
+    return float(counter.get_total_flops())
+
+
+def inputs(size: int):
     from PIL import Image
 
     image = Image.new("RGB", (size, size), (90, 120, 150))
     mask = Image.new("L", (size, size), 0)
     mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
-    generators = [torch.Generator("cuda").manual_seed(seed + i) for i in range(batch)]
-    torch.cuda.synchronize()
+    return image, mask
+
+
+def call(pipe, device: str, size: int, steps: int, batch: int, output_type: str = "np", seed: int = 0):
+    import torch
+
+    image, mask = inputs(size)
+    generators = [torch.Generator(device).manual_seed(seed + i) for i in range(batch)]
+    return pipe(prompt="a red armchair", image=image, mask_image=mask, height=size, width=size,
+                num_inference_steps=steps, num_images_per_prompt=batch, generator=generators,
+                output_type=output_type).images
+
+
+def timed(pipe, timer: UnetTimer, device: str, size: int, steps: int, batch: int) -> tuple[float, float, float]:
+    """(pipeline seconds, UNet seconds, peak extra bytes) of one call."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    timer.take()
     started = time.perf_counter()
-    out = pipe(prompt="a red armchair", image=image, mask_image=mask, height=size, width=size,
-               num_inference_steps=steps, num_images_per_prompt=batch, generator=generators, output_type="np")
-    torch.cuda.synchronize()
-    return time.perf_counter() - started, out.images
+    call(pipe, device, size, steps, batch)
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    extra = torch.cuda.max_memory_allocated() - base if cuda else 0
+    return elapsed, timer.take(), extra
+
+
+def safety_checker_seconds(device: str, dtype, batch: int, runs: int) -> float:
+    """p50 seconds per image of a random full-size safety checker (CLIP ViT-L/14 vision tower) on `batch` images."""
+    import numpy as np
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    from scripts.bench.common import percentile
+
+    config = CLIPConfig(vision_config={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                                       "num_attention_heads": 16, "patch_size": 14, "image_size": 224},
+                        projection_dim=768)
+    checker = StableDiffusionSafetyChecker(config).to(device, dtype).eval()
+    clip_input = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
+    images = np.zeros((batch, 64, 64, 3), np.float32)
+    times = []
+    with torch.no_grad():
+        for i in range(runs + 1):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            checker(images=images, clip_input=clip_input)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i:  # the first call is the warm-up
+                times.append(time.perf_counter() - started)
+    del checker
+    return percentile(times, 50) / batch
+
+
+def run_bench(model_dir: Path, modes: list[str], sizes: list[int], batches: list[int], steps: int, runs: int,
+              warmup: int, device: str, dtype, gpu: str, gpu_type: str | None, price: float | None,
+              out_name: str = "gpu.json", safety_checker: bool = True) -> dict:
+    import torch
+
+    from scripts.bench.common import percentile, print_table, write_json
+
+    cuda = device.startswith("cuda")
+    pipes, rows, failed = {}, [], {}
+    for mode in modes:
+        try:
+            pipe, processors = build(model_dir, mode, device, dtype)
+            pipes[mode] = (pipe, processors, UnetTimer(pipe.unet, cuda), weights_bytes(pipe))
+        except Exception as exc:
+            failed[mode] = f"unavailable: {exc}"
+            print(f"mode {mode}: {failed[mode]}")
+    flops_pipe = pipes.get("eager", next(iter(pipes.values()), None))
+    report = {"gpu": gpu, "gpu_type": gpu_type, "price_per_second": price, "torch": torch.__version__,
+              "device": device, "dtype": str(dtype).removeprefix("torch."), "scheduler": "DDIM", "steps": steps,
+              "runs": runs, "warmup": warmup, "rows": rows}
+    table = []
+    for size, batch in itertools.product(sizes, batches):
+        flops = unet_flops(flops_pipe[0], size) if flops_pipe else None
+        safety = safety_checker_seconds(device, dtype, batch, runs) if safety_checker else None
+        samples = {mode: {"seconds": [], "unet": [], "extra": 0} for mode in pipes}
+        errors = dict(failed)
+        compile_seconds = {}
+        for mode, (pipe, _, timer, _) in pipes.items():
+            try:
+                for i in range(warmup):
+                    elapsed, _, _ = timed(pipe, timer, device, size, steps, batch)
+                    if i == 0:
+                        compile_seconds[mode] = round(elapsed, 2)
+            except Exception as exc:
+                errors[mode] = f"warm-up failed: {type(exc).__name__}: {exc}"
+        live = [m for m in pipes if m not in errors]
+        for r in range(runs):
+            shift = r % len(live) if live else 0
+            for mode in live[shift:] + live[:shift]:  # a rotating order: drift hits every mode alike
+                pipe, _, timer, _ = pipes[mode]
+                try:
+                    elapsed, unet_s, extra = timed(pipe, timer, device, size, steps, batch)
+                except Exception as exc:
+                    errors[mode] = f"run failed: {type(exc).__name__}: {exc}"
+                    continue
+                s = samples[mode]
+                s["seconds"].append(elapsed)
+                s["unet"].append(unet_s)
+                s["extra"] = max(s["extra"], extra)
+        latents = {}
+        for mode in live:
+            if mode not in errors:
+                with torch.no_grad():
+                    latents[mode] = call(pipes[mode][0], device, size, steps, batch, output_type="latent").float()
+        for mode in modes:
+            row = {"mode": mode, "size": size, "steps": steps, "batch": batch, "error": errors.get(mode)}
+            if mode not in errors and mode in pipes and samples[mode]["seconds"]:
+                _, processors, _, wbytes = pipes[mode]
+                secs, unet = samples[mode]["seconds"], samples[mode]["unet"]
+                p50, p90, unet_p50 = percentile(secs, 50), percentile(secs, 90), percentile(unet, 50)
+                lat, ref = latents.get(mode), latents.get("eager")
+                diff = float((lat - ref).abs().max()) if lat is not None and ref is not None else None
+                per_image = p50 / batch + (safety or 0.0)
+                row.update({
+                    "attention_processors": processors, "compile_seconds": compile_seconds.get(mode),
+                    "seconds_p50": round(p50, 4), "seconds_p90": round(p90, 4),
+                    "s_per_image_p50": round(p50 / batch, 4), "s_per_image_p90": round(p90 / batch, 4),
+                    "unet_seconds_p50": round(unet_p50, 4), "unet_share": round(unet_p50 / p50, 3),
+                    "unet_it_per_s": round(steps / unet_p50, 2) if unet_p50 else None,
+                    "images_per_s": round(batch / p50, 3),
+                    "unet_tflops": round(flops * batch * steps / unet_p50 / 1e12, 1) if flops and unet_p50 else None,
+                    "unet_gflop_per_call_per_image": round(flops / 1e9, 4) if flops else None,
+                    "peak_gib": round((wbytes + samples[mode]["extra"]) / 2**30, 2) if cuda else None,
+                    "safety_checker_s_per_image": round(safety, 4) if safety is not None else None,
+                    "usd_per_1000_images": round(price * per_image * 1000, 4) if price is not None else None,
+                    "max_abs_latent_diff_vs_eager": diff,
+                    "latent_nan_count": int(lat.isnan().sum()) if lat is not None else None,
+                })
+                table.append([mode, f"{size}²", batch, row["s_per_image_p50"], row["s_per_image_p90"],
+                              row["unet_it_per_s"], row["unet_tflops"], row["peak_gib"], row["compile_seconds"],
+                              row["usd_per_1000_images"], diff if diff is not None else "-", row["latent_nan_count"]])
+            else:
+                table.append([mode, f"{size}²", batch, "error", row["error"], "", "", "", "", "", "", ""])
+            rows.append(row)
+        write_json(out_name, report)
+    print(f"\n{gpu}, DDIM {steps} steps, {report['dtype']}, p50/p90 of {runs} interleaved runs after {warmup} warm-up; "
+          f"$ at {price}/s, busy GPU time incl. safety checker (no idle, no cold start)")
+    print_table(["mode", "size", "batch", "s/img p50", "s/img p90", "UNet it/s", "UNet TFLOP/s", "peak GiB",
+                 "compile s", "$/1k img", "max latent diff", "NaN"], table)
+    return report
+
+
+def ints(raw: str) -> list[int]:
+    return [int(x) for x in raw.split(",") if x.strip()]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "inpaint-full-size-random")
     parser.add_argument("--modes", default="eager,xformers,compile")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--price-per-second", type=float, default=0.000222, help="GPU $/s (default: Modal L4)")
+    parser.add_argument("--sizes", default="512,768")
+    parser.add_argument("--batches", default="1,2,4,8")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--price-per-second", type=float, default=None,
+                        help="GPU $/s (default: the detected GPU's Modal list price from service/pricing.py)")
     args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = [m for m in modes if m not in EXPECTED_PROCESSOR]
+    if unknown or args.runs < 1 or args.warmup < 1:
+        parser.error(f"--modes takes {', '.join(EXPECTED_PROCESSOR)} (got {unknown}); --runs and --warmup >= 1")
 
-    import numpy as np
     import torch
 
     if not torch.cuda.is_available():
         print("no CUDA device: the GPU benchmark needs one (run it on a GPU machine). Nothing measured.")
         return 2
     from scripts.bench.cold_start import make_full_size_model
-    from scripts.bench.common import print_table, write_json
+    from service.pricing import gpu_from_device_name, price_per_second
 
-    model_dir = make_full_size_model(args.model_dir)
     gpu = torch.cuda.get_device_name(0)
-    rows, results, reference = [], [], {}
-    for mode in args.modes.split(","):
-        try:
-            pipe = build(model_dir, mode)
-        except Exception as exc:
-            print(f"mode {mode}: unavailable ({exc})")
-            continue
-        for size in (512, 768):
-            for steps in (20, 25):
-                for batch in (1, 4):
-                    run_once(pipe, size, steps, batch)  # warm-up (and compilation for 'compile')
-                    torch.cuda.reset_peak_memory_stats()
-                    times = []
-                    for _ in range(args.runs):
-                        elapsed, images = run_once(pipe, size, steps, batch)
-                        times.append(elapsed)
-                    t = sorted(times)[len(times) // 2]
-                    key = (size, steps, batch)
-                    if mode == "eager":
-                        reference[key] = images
-                    diff = (float(np.abs(images - reference[key]).max() * 255) if key in reference else None)
-                    flop = 2 * UNET_GFLOP_64 * 1e9 * (size / 512) ** 2 * steps * batch
-                    result = {
-                        "mode": mode, "size": size, "steps": steps, "batch": batch, "seconds": round(t, 4),
-                        "s_per_image": round(t / batch, 4), "it_per_s": round(steps / t, 2),
-                        "images_per_s": round(batch / t, 3), "tflops": round(flop / t / 1e12, 1),
-                        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-                        "usd_per_1000_images": round(args.price_per_second * t / batch * 1000, 4),
-                        "max_pixel_diff_vs_eager": diff,
-                    }
-                    results.append(result)
-                    rows.append([mode, f"{size}²", steps, batch, result["s_per_image"], result["it_per_s"],
-                                 result["images_per_s"], result["tflops"], result["peak_gib"],
-                                 result["usd_per_1000_images"], diff if diff is not None else "-"])
-        del pipe
-        torch.cuda.empty_cache()
-    print(f"\n{gpu}, DDIM, fp16, median of {args.runs} runs; $ at {args.price_per_second}/s")
-    print_table(["mode", "size", "steps", "batch", "s/img", "it/s", "img/s", "TFLOP/s", "peak GiB", "$/1k img",
-                 "max px diff"], rows)
-    write_json("gpu.json", {"gpu": gpu, "torch": torch.__version__, "price_per_second": args.price_per_second,
-                            "results": results})
+    gpu_type = gpu_from_device_name(gpu)
+    price = args.price_per_second
+    if price is None and gpu_type:
+        price = price_per_second(gpu_type)
+    if price is None:
+        print(f"no list price for {gpu!r}: pass --price-per-second for the $ column")
+    model_dir = make_full_size_model(args.model_dir)
+    run_bench(model_dir, modes, ints(args.sizes), ints(args.batches), args.steps, args.runs, args.warmup,
+              "cuda", torch.float16, gpu, gpu_type, price)
     return 0
 
 
