@@ -134,3 +134,18 @@ def test_missing_weights_error_names_the_fix(tmp_path):
 
     with pytest.raises(WeightsNotFound, match="weights.download"):
         Inpainter(tmp_path)
+
+
+def test_loading_on_a_given_device_asks_nothing_of_cuda(tiny_model_dir, monkeypatch):
+    """The Modal snapshot phase loads with device and dtype given: no CUDA query may run there."""
+    import torch
+
+    from inference import Inpainter
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("CUDA was queried while loading on a given device")
+
+    for name in ("is_available", "device_count", "current_device"):
+        monkeypatch.setattr(torch.cuda, name, refuse)
+    model = Inpainter(tiny_model_dir, device="cpu", dtype=torch.float32)
+    assert model.device == "cpu"
