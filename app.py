@@ -215,14 +215,16 @@ def sweep():
     """Delete expired records and objects; re-dispatch once (then fail) jobs whose GPU call died; fail queued jobs
     whose GPU container could not start; keep credit counters from expiring."""
     from service.auth import key_owner
-    from service.housekeeping import keep_counters_alive, reap_stale, sweep_expired
+    from service.housekeeping import expire_queued, keep_counters_alive, reap_stale, sweep_expired
 
     settings = _settings()
     jobs = _backend(settings, dispatching=True).jobs
     removed = sweep_expired(jobs)
     reaped = reap_stale(jobs, settings.lease_seconds)
+    expired = expire_queued(jobs)
     keep_counters_alive(jobs.counters, [key_owner(key) for key in settings.api_keys])
-    print(f"sweep: removed {removed} expired job(s), handled {reaped} job(s) whose GPU call was gone")
+    print(f"sweep: removed {removed} expired job(s), handled {reaped} job(s) whose GPU call was gone, "
+          f"failed {expired} job(s) that waited too long in the queue")
 
 
 @app.function(image=web_image, secrets=[s3_secret, webhook_secret], env=runtime_env, timeout=300)

@@ -1,17 +1,44 @@
 """Load StableDiffusionInpaintPipeline once from a local weights directory (Hugging Face layout)."""
 
 import logging
+import os
 import time
 from pathlib import Path
 
-import torch
+# OpenMP threads that busy-wait between parallel regions fight any other busy process for the cores (a 0.4 s
+# job took over a minute on a shared 2-core machine): let idle threads sleep. Read when torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 from diffusers import StableDiffusionInpaintPipeline
 
 log = logging.getLogger(__name__)
+MAX_LOGGED_CHARS = 120
+
+
+class ShortenUserText(logging.Filter):
+    """diffusers logs the part of a prompt CLIP cut off: keep only a short excerpt of user text in the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > MAX_LOGGED_CHARS and "truncated because CLIP" in message:
+            record.msg, record.args = message[:MAX_LOGGED_CHARS] + f"... ({len(message)} characters)", None
+        return True
+
+
+logging.getLogger("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint").addFilter(ShortenUserText())
 
 
 class WeightsNotFound(RuntimeError):
     """MODEL_DIR does not hold a pipeline in the Hugging Face layout."""
+
+
+def inference_threads() -> int:
+    """OMP_NUM_THREADS when set, else the cores this process may run on (not the machine's count)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def pick_device() -> tuple[str, torch.dtype]:
@@ -47,6 +74,8 @@ def load_pipeline(
         dtype = dtype or auto_dtype
     dtype = dtype or torch.float32
 
+    if device == "cpu":
+        torch.set_num_threads(inference_threads())
     started = time.perf_counter()
     extra = {} if safety_checker else {"safety_checker": None, "feature_extractor": None}
     pipe = StableDiffusionInpaintPipeline.from_pretrained(
@@ -73,8 +102,9 @@ def load_pipeline(
         attention += "+compile"
     elapsed = time.perf_counter() - started
     log.info(
-        "pipeline loaded from %s in %.2fs (device=%s dtype=%s attention=%s safety_checker=%s)",
+        "pipeline loaded from %s in %.2fs (device=%s dtype=%s attention=%s safety_checker=%s cpu_threads=%d)",
         model_dir, elapsed, device, str(dtype).removeprefix("torch."), attention, pipe.safety_checker is not None,
+        torch.get_num_threads(),
     )
     return pipe
 

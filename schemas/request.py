@@ -26,6 +26,7 @@ SCHEDULERS = (
 SchedulerName = Literal[SCHEDULERS]  # type: ignore[valid-type]
 
 MAX_SEED = 2**63 - 1
+MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; more is refused rather than carried through the queue and logs
 
 
 class InpaintParams(BaseModel):
@@ -33,9 +34,11 @@ class InpaintParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(min_length=1, pattern=r"\S",
-                        description="What to paint in the masked area. At most 77 CLIP tokens are used.")
-    negative_prompt: str = Field("", description="What to avoid.")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=r"\S",
+                        description=f"What to paint in the masked area, at most {MAX_PROMPT_CHARS} characters. "
+                                    "Only the first 77 CLIP tokens (roughly 300 characters) are used.")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS,
+                                 description=f"What to avoid, at most {MAX_PROMPT_CHARS} characters.")
     samples: int = Field(1, ge=1, le=4, description="Number of images, 1..4.")
     scheduler: SchedulerName = Field("DDIM", description="Sampler name.")
     num_inference_steps: int = Field(20, ge=20, le=100, description="Denoising steps, 20..100.")

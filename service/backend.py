@@ -54,7 +54,7 @@ def inpainter_factory(settings: Settings, model_dir: Path | None = None, **overr
 def persisted_secret(settings: Settings, name: str, generate) -> str:
     """STATE_DIR/<name>, created with generate() on first use (owner-only), so it is stable across restarts."""
     path = Path(settings.state_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not (path.is_file() and path.read_text().strip()):
         path.write_text(generate() + "\n")
         path.chmod(0o600)

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     default_key_credits: int | None = Field(None, ge=0)  # budget for keys not in KEY_CREDITS; unset = unlimited
     daily_image_cap: int = Field(0, ge=0)  # images per UTC day for the whole deployment; 0 = off
     job_timeout_seconds: float = Field(600.0, gt=0)  # a job running longer is FAILED "timed out"
+    max_queue_seconds: float = Field(3600.0, gt=0)  # a job still queued this long is FAILED "expired in queue"
     lease_seconds: float = Field(120.0, gt=0)  # a PROCESSING job silent this long is retried once, then FAILED
     storage_retries: int = Field(4, ge=1)
 

@@ -7,6 +7,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.ports import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +47,12 @@ def install_error_handlers(app: FastAPI) -> None:
             where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("path", "query", "body"))
             parts.append(f"parameter '{where}': {item.get('msg')}")
         return error_response(400, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(request: Request, exc: StoreUnavailable):
+        log.error("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, "the server cannot store jobs right now (its storage is full or failing); "
+                                   "nothing was charged, retry later", headers={"Retry-After": "10"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -69,6 +69,20 @@ def reap_stale(jobs: JobService, lease: float, now: float | None = None) -> int:
     return handled
 
 
+def expire_queued(jobs: JobService, now: float | None = None) -> int:
+    """QUEUED jobs that waited longer than MAX_QUEUE_SECONDS end FAILED "expired in queue" (with webhook and
+    refund) rather than waiting forever. Returns how many."""
+    now = time.time() if now is None else now
+    limit = jobs.settings.max_queue_seconds
+    expired = 0
+    for job_id in jobs.records.unfinished_ids(JobStatus.QUEUED):
+        record = jobs.records.get(job_id)
+        if record is not None and record.status == JobStatus.QUEUED and now - record.created_at > limit:
+            expired += jobs.fail(job_id, Failure.EXPIRED, f"expired in queue: not started within {limit:g}s") \
+                is not None
+    return expired
+
+
 def keep_counters_alive(counters: Counters, owners: list[str]) -> None:
     """Read every key's credit counter: on Modal a Dict entry idle for 7 days expires, which would hand spent
     credits back. A read counts as activity."""
@@ -96,5 +110,6 @@ class Sweeper:
             try:
                 sweep_expired(self.jobs)
                 reap_stale(self.jobs, self.lease)
+                expire_queued(self.jobs)
             except Exception:
                 log.exception("housekeeping sweep failed")

@@ -41,13 +41,22 @@ class InputError(ApiError):
         super().__init__(400, f"parameter '{field}': {message}", field=field)
 
 
+# IPv6 forms that carry an IPv4 address in their last 32 bits: on NAT64/SIIT networks they reach that address.
+IPV4_CARRIERS = [ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96")]
+# Refused outright: local-use NAT64 (RFC 8215, operator-defined embedding) and deprecated site-local addresses.
+IPV6_REFUSED = [ipaddress.ip_network(n) for n in ("64:ff9b:1::/48", "fec0::/10")]
+
+
 def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """False for loopback, private, link-local (incl. 169.254.169.254 metadata), multicast, unspecified, reserved."""
+    """False for loopback, private, link-local (incl. 169.254.169.254 metadata), multicast, unspecified, reserved,
+    and for IPv6 forms that embed such an IPv4 address (mapped, compatible, SIIT, NAT64)."""
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return is_public_address(ip.ipv4_mapped)
-        if ip.sixtofour is not None or ip.teredo is not None:
+        if any(ip in net for net in IPV6_REFUSED) or ip.sixtofour is not None or ip.teredo is not None:
             return False
+        if any(ip in net for net in IPV4_CARRIERS):
+            return is_public_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     return ip.is_global and not ip.is_multicast
 
 
@@ -136,6 +145,10 @@ def decode_inline(value: str, field: str, max_bytes: int) -> bytes:
         header, sep, payload = value.partition(",")
         if not sep or ";base64" not in header:
             raise InputError(field, "data: URI must be base64-encoded (data:image/png;base64,...)")
+        mime = header[5:].split(";")[0].strip().lower()
+        if mime and mime not in ALLOWED_FORMATS.values():
+            raise InputError(field, f"data: URI type {mime!r} is not an image type we read "
+                                    f"(image/png, image/jpeg or image/webp)")
         value = payload
     if len(value) * 3 // 4 > max_bytes + 3:
         raise InputError(field, f"image is larger than {max_bytes} bytes")

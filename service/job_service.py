@@ -21,7 +21,7 @@ from service.failures import Failure, refunded
 from service.jobs import JobRecord
 from service.limits import check_rate, refund_credits, refund_daily, spend_credits, spend_daily
 from service.logs import log_event
-from service.ports import Counters, InputBlobs, JobRecords
+from service.ports import Counters, InputBlobs, JobRecords, StoreUnavailable
 from service.storage import ResultStorage
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class JobService:
         self.changes = changes  # in-process notifications, when the store can give them (embedded)
         self.on_terminal = on_terminal  # e.g. webhook delivery; called once per job
         self._cancelled_here: set[str] = set()  # cancels received by this process: checked for free
+        self.fault: str | None = None  # the store's last write failure, until a write succeeds again (/health)
 
     # ---- admission (web tier) -------------------------------------------------------------
 
@@ -102,11 +103,18 @@ class JobService:
         record = JobRecord(id=str(uuid.uuid4()), owner=owner, params=params.model_dump(mode="json"),
                            created_at=now, expires_at=now + settings.result_ttl_seconds, base_url=base_url,
                            webhook_url=params.webhook_url)
-        self.inputs.put(record.id, image, mask)
-        if not self.records.create(record, settings.max_queue_depth):
+        try:
+            self.inputs.put(record.id, image, mask)
+            created = self.records.create(record, settings.max_queue_depth)
+        except StoreUnavailable as exc:
+            self.fault = str(exc)
             self.inputs.delete(record.id)
-            refund_credits(self.counters, record)
-            refund_daily(self.counters, params.samples, settings.daily_image_cap)
+            self._give_back(record)
+            raise
+        self.fault = None
+        if not created:
+            self.inputs.delete(record.id)
+            self._give_back(record)
             raise self._queue_full()
         try:
             self.dispatcher.submit(record.id)
@@ -116,6 +124,14 @@ class JobService:
             raise ApiError(503, f"no worker could take the job right now ({type(exc).__name__}); "
                                 f"nothing was charged, retry shortly", headers={"Retry-After": "5"}) from None
         return record, left
+
+    def _give_back(self, record: JobRecord) -> None:
+        """Undo the charges of a request that was then refused (best effort when the store is failing)."""
+        try:
+            refund_credits(self.counters, record)
+            refund_daily(self.counters, record.samples, self.settings.daily_image_cap)
+        except StoreUnavailable:
+            log.warning("could not give back the charges of refused request %s", record.id)
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -222,8 +238,13 @@ class JobService:
     def progress(self, job_id: str, step: int, total: int) -> None:
         self.records.update(job_id, progress_step=step, progress_total=total, heartbeat_at=time.time())
 
+    def _end_fields(self) -> dict[str, float]:
+        now = time.time()  # results live for the TTL from the job's end, however long it queued or ran
+        return {"finished_at": now, "expires_at": now + self.settings.result_ttl_seconds}
+
     def complete(self, job_id: str, **results: Any) -> JobRecord | None:
-        done = self.records.finish(job_id, status=JobStatus.COMPLETED, finished_at=time.time(), **results)
+        done = self.records.finish(job_id, status=JobStatus.COMPLETED, **self._end_fields(), **results)
+        self.fault = None
         if done is not None:
             log_event("job", request_id=job_id, status="COMPLETED", inference_time=done.inference_time,
                       images=len(done.images))
@@ -233,7 +254,8 @@ class JobService:
     def fail(self, job_id: str, failure: Failure, message: str) -> JobRecord | None:
         """FAILED with `message`, exactly once: None when the job had already ended."""
         failed = self.records.finish(job_id, status=JobStatus.FAILED, failure=failure, error=message,
-                                     finished_at=time.time())
+                                     **self._end_fields())
+        self.fault = None
         if failed is not None:
             log_event("job", request_id=job_id, status="FAILED", failure=failure.value, error=message)
             self._ended(failed)

@@ -41,6 +41,11 @@ class JobRecord(BaseModel):
     base_url: str = ""  # the public base URL at submission (for URLs in webhook bodies)
     webhook_url: str | None = None
 
+    def expired(self, now: float) -> bool:
+        """Finished and past its time to live. An unfinished job never expires: it ends first (FAILED
+        "expired in queue" when it waits too long), so every accepted request ends COMPLETED or FAILED."""
+        return self.status.terminal and self.expires_at <= now
+
     @property
     def samples(self) -> int:
         return int(self.params.get("samples", 1))

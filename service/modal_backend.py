@@ -59,9 +59,7 @@ class DictRecords:
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.dict.get(FINAL + job_id) or self.dict.get(JOB + job_id)
         record = JobRecord.model_validate_json(raw) if raw else None
-        if record is None or record.expires_at <= time.time():
-            return None
-        return record
+        return None if record is None or record.expired(time.time()) else record
 
     def update(self, job_id: str, **changes: Any) -> JobRecord | None:
         current = self._live(job_id)
@@ -115,7 +113,7 @@ class DictRecords:
         for key, value in self.dict.items():
             if isinstance(key, str) and key.startswith((JOB, FINAL)):
                 record = JobRecord.model_validate_json(value)
-                if record.expires_at <= now and (key.startswith(FINAL) or record.id not in found):
+                if record.expired(now) and (key.startswith(FINAL) or record.id not in found):
                     found[record.id] = record
         return list(found.values())
 

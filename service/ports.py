@@ -19,6 +19,11 @@ from service.jobs import JobRecord
 T = TypeVar("T")
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot take writes right now (disk full, database gone, network down). Callers answer 503 and
+    try again later; nothing that was accepted is dropped."""
+
+
 class JobRecords(Protocol):
     def create(self, record: JobRecord, max_unfinished: int = 0) -> bool:
         """Store a new QUEUED record; False (and nothing stored) while `max_unfinished` > 0 jobs are unfinished."""

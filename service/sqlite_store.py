@@ -7,6 +7,7 @@ connection; each method is one short transaction, so the once-only rules
 
 import json
 import os
+from contextlib import contextmanager
 import sqlite3
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any, Callable, TypeVar
 from schemas import JobStatus
 from service.changes import Changes
 from service.jobs import JobRecord, apply_changes
+from service.ports import StoreUnavailable
 
 T = TypeVar("T")
 
@@ -35,12 +37,23 @@ CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
 
 
+@contextmanager
+def unavailable_on_error(where: Path):
+    """sqlite3/OS errors (disk full, file gone) become StoreUnavailable, with the reason in words."""
+    try:
+        yield
+    except (sqlite3.OperationalError, sqlite3.DatabaseError, OSError) as exc:
+        raise StoreUnavailable(f"the job database at {where} cannot be written ({exc})") from exc
+
+
 class SQLiteState:
     """JobRecords and Counters over one SQLite database."""
 
     def __init__(self, path: Path):
         self.changes = Changes()  # long-poll handlers wait on this
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # owner-only; SQLite gives its WAL the same
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
@@ -49,14 +62,15 @@ class SQLiteState:
             self._db.executescript(SCHEMA)
 
     def _transaction(self, work: Callable[[], T]) -> T:
-        with self._lock:
+        with self._lock, unavailable_on_error(self.path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 result = work()
                 self._db.execute("COMMIT")
                 return result
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
 
     def _read(self, job_id: str) -> JobRecord | None:
@@ -64,8 +78,8 @@ class SQLiteState:
         return JobRecord.model_validate_json(row[0]) if row else None
 
     def _write(self, record: JobRecord) -> None:
-        self._db.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?",
-                         (record.status.value, record.model_dump_json(), record.id))
+        self._db.execute("UPDATE jobs SET status = ?, expires_at = ?, doc = ? WHERE id = ?",
+                         (record.status.value, record.expires_at, record.model_dump_json(), record.id))
 
     # ---- JobRecords ------------------------------------------------------------------------
 
@@ -84,12 +98,10 @@ class SQLiteState:
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             record = self._read(job_id)
-        if record is None or record.expires_at <= time.time():
-            return None
-        return record
+        return None if record is None or record.expired(time.time()) else record
 
     def _change(self, job_id: str, changes: dict[str, Any], final: bool) -> JobRecord | None:
-        with self._lock:
+        with self._lock, unavailable_on_error(self.path):
             current = self._read(job_id)
             updated = apply_changes(current, changes) if current is not None else None
             if updated is None or updated.status.terminal != final:
@@ -105,12 +117,12 @@ class SQLiteState:
         return self._change(job_id, changes, final=True)
 
     def claim(self, name: str) -> bool:
-        with self._lock:
+        with self._lock, unavailable_on_error(self.path):
             cursor = self._db.execute("INSERT OR IGNORE INTO claims (name, at) VALUES (?, ?)", (name, time.time()))
         return cursor.rowcount == 1
 
     def request_cancel(self, job_id: str) -> None:
-        with self._lock:
+        with self._lock, unavailable_on_error(self.path):
             self._db.execute("UPDATE jobs SET cancel = 1 WHERE id = ?", (job_id,))
         self.changes.notify(job_id)
 
@@ -144,7 +156,8 @@ class SQLiteState:
 
     def expired(self, now: float) -> list[JobRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT doc FROM jobs WHERE expires_at <= ?", (now,)).fetchall()
+            rows = self._db.execute("SELECT doc FROM jobs WHERE expires_at <= ? AND status IN ('COMPLETED', 'FAILED')",
+                                    (now,)).fetchall()
         return [JobRecord.model_validate_json(r[0]) for r in rows]
 
     def delete(self, job_id: str) -> None:
@@ -182,10 +195,14 @@ class FileInputs:
         return self.root / f"{job_id}.image", self.root / f"{job_id}.mask"
 
     def put(self, job_id: str, image: bytes, mask: bytes) -> None:
-        for path, data in zip(self._paths(job_id), (image, mask)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+        try:
+            for path, data in zip(self._paths(job_id), (image, mask)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+        except OSError as exc:
+            self.delete(job_id)
+            raise StoreUnavailable(f"the input files under {self.root} cannot be written ({exc.strerror})") from exc
 
     def get(self, job_id: str) -> tuple[bytes, bytes] | None:
         image, mask = self._paths(job_id)

@@ -46,7 +46,7 @@ class LocalStorage:
     def __init__(self, root: Path, retries: int = 4):
         self.root = root
         self.retries = retries
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def path_for(self, key: str) -> Path | None:
         path = (self.root / key).resolve()
@@ -58,11 +58,13 @@ class LocalStorage:
         path = self.path_for(key)
         if path is None:
             raise StorageError(f"bad key {key!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".part")
 
-        def write():
-            tmp.write_bytes(data)
+        def write():  # the directory too: a failure there (read-only, full) is retried like the write
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             os.replace(tmp, path)
 
         with_retries(write, f"writing {key}", attempts=self.retries)
@@ -82,10 +84,11 @@ class LocalStorage:
             if path is None:
                 continue
             path.unlink(missing_ok=True)
-            try:
-                path.parent.rmdir()
-            except OSError:
-                pass
+            for folder in (path.parent, path.parent.parent):  # <job>/<token>/ then <job>/, once empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 class S3Storage:

@@ -19,12 +19,14 @@ from schemas import InpaintParams, JobStatus
 from service.failures import Failure
 from service.job_service import JobOutcome, JobService, run_blocking
 from service.jobs import StoredImage
+from service.ports import StoreUnavailable
 from service.storage import StorageError
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 PROGRESS_WRITE_INTERVAL = 0.2  # seconds between progress writes to the job store
+STORE_RETRY_SECONDS = 1.0  # when the store cannot be written (disk full), wait this long before retrying a job
 
 
 class Cancelled(Exception):
@@ -132,6 +134,7 @@ class EmbeddedDispatcher:
         self.device: str | None = None
         self._queue: "queue.Queue[str | None]" = queue.Queue()
         self._dispatched: dict[str, float] = {}
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def bind(self, jobs: JobService) -> None:
@@ -142,6 +145,7 @@ class EmbeddedDispatcher:
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         self._queue.put(None)
         if self._thread:
             self._thread.join(self.shutdown_grace)
@@ -206,5 +210,10 @@ class EmbeddedDispatcher:
                     run_job(job_id, self.jobs, self.inpainter, self.job_timeout)
                 else:
                     self.jobs.fail(job_id, Failure.UNAVAILABLE, self.error or "the model is unavailable")
-            except Exception:  # the worker outlives any job (e.g. the store failing mid-job)
+            except StoreUnavailable as exc:  # e.g. disk full: keep the job, wait, try again
+                self.jobs.fault = str(exc)
+                log.error("job %s: %s; retrying in %.0fs", job_id, exc, STORE_RETRY_SECONDS)
+                if not self._stopping.wait(STORE_RETRY_SECONDS):
+                    self.submit(job_id)
+            except Exception:  # the worker outlives any job
                 log.exception("job %s: unexpected error in the worker; it goes on with the next job", job_id)

@@ -237,8 +237,12 @@ def test_store_contract(stores):
     assert records.get("j1").status == JobStatus.PROCESSING and records.get("j1").progress_step == 3
 
 
-def test_store_hides_expired(stores):
+def test_store_hides_expired_finished_jobs_only(stores):
     records, _ = stores
-    records.create(make_record("old", time.time() - 120))
+    now = time.time()
+    records.create(make_record("old", now - 120))
+    records.create(make_record("waiting", now - 120))
+    records.finish("old", status=JobStatus.FAILED, expires_at=now - 1)
     assert records.get("old") is None
-    assert [r.id for r in records.expired(time.time())] == ["old"]
+    assert records.get("waiting").status == JobStatus.QUEUED  # unfinished jobs never vanish
+    assert [r.id for r in records.expired(now)] == ["old"]

@@ -23,13 +23,16 @@ def playground():
             description="`status` is ok, loading or error; `queue_depth` counts jobs queued or running.")
 async def health(jobs: JobService = Depends(get_jobs)):
     dispatcher = jobs.dispatcher
+    status = {"ready": "ok"}.get(dispatcher.state, dispatcher.state)
+    if jobs.fault and status == "ok":
+        status = "degraded"
     return {
-        "status": {"ready": "ok"}.get(dispatcher.state, dispatcher.state),
+        "status": status,
         "model": jobs.settings.model_name,
         "demo": jobs.settings.demo,
         "device": dispatcher.device,
         "queue_depth": await run_blocking(jobs.records.unfinished),
-        "error": dispatcher.error,
+        "error": dispatcher.error or jobs.fault,
     }
 
 
