@@ -19,6 +19,7 @@ from schemas.responses import ErrorBody, Progress, ResultBody, StatusBody, Submi
 from service.auth import authenticate
 from service.bodies import completed_body, failed_body
 from service.config import Settings
+from service.docs_ui import install_docs
 from service.errors import ApiError, install_error_handlers
 from service.inputs import FetchLimits, check_webhook_url, load_input, make_client
 from service.jobs import JobRecord, JobStore, params_of
@@ -87,7 +88,10 @@ def create_app(
         version="0.1.0",
         description="Stable Diffusion 1.5 inpainting, compatible with Segmind's sd1.5-inpainting API.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     install_error_handlers(app)
     install_access_log(app)
 
