@@ -1,4 +1,4 @@
-"""The public contract (../shared/spec/CONTRACT.md) as pydantic models. No torch here."""
+"""The public contract (described in docs/API.md) as pydantic models. No torch here."""
 
 from schemas.request import (
     MODEL_SLUG,
