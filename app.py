@@ -28,6 +28,7 @@ LOCAL_PACKAGES = ("schemas", "service", "weights")  # what every container impor
 # Exact pins, Python 3.11. The web image has no torch: it cold-starts in well under a second.
 WEB_PACKAGES = [
     "fastapi==0.163.2",
+    "fastapi-offline==1.7.7",  # /docs and /redoc assets, served without a CDN
     "uvicorn==0.54.0",
     "pydantic==2.14.3",
     "pydantic-settings==2.16.3",

@@ -1,4 +1,4 @@
-"""The request body shared by v1 and v2 (CONTRACT.md, "Parameters")."""
+"""The request body shared by v1 and v2 (docs/API.md, "Request body")."""
 
 from typing import Literal
 

@@ -1,4 +1,4 @@
-"""Response bodies of v1 and v2 (CONTRACT.md, "v1" and "v2")."""
+"""Response bodies of v1 and v2 (docs/API.md, "v1" and "v2")."""
 
 from enum import Enum
 

@@ -5,15 +5,18 @@
 """
 
 import argparse
+import errno
 import logging
+import socket
 import sys
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.app import create_app
 from service.backend import build_embedded, configure_logging, ensure_api_key
-from service.config import Settings
+from service.config import Settings, state_dir_problem
 
 log = logging.getLogger("service")
 DEMO_MODEL_DIR = Path(".models/tiny-sd-inpainting")
@@ -34,10 +37,13 @@ def prepare_model(settings: Settings, demo: bool) -> None:
         return
     if (settings.model_dir / "model_index.json").is_file():
         return
-    log.info("no weights in %s; downloading them once (about 2.1 GB)", settings.model_dir)
-    from weights.download import REPO_ID, download
+    from weights.download import REPO_ID, download, hub_problem
 
     try:
+        problem = hub_problem()
+        if problem:
+            raise RuntimeError(problem)
+        log.info("no weights in %s; downloading them once (about 2.1 GB)", settings.model_dir)
         download(settings.model_dir, safety_checker=settings.safety_checker)
     except Exception as exc:
         sys.exit(
@@ -49,21 +55,53 @@ def prepare_model(settings: Settings, demo: bool) -> None:
         )
 
 
+def load_settings() -> Settings:
+    """Settings from the environment, or exit with one line per bad variable (no traceback)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
+                 for e in exc.errors(include_url=False)]
+        sys.exit("error: invalid configuration:\n" + "\n".join(lines))
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening address, taken before anything slow runs, so a busy port fails at once and clearly."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            sys.exit(f"error: port {port} on {host} is already in use (another server, or an earlier one still "
+                     f"running). Stop it, or pick another port: PORT={port + 1} make serve")
+        sys.exit(f"error: cannot listen on {host}:{port} ({exc.strerror}). Check HOST and PORT.")
+    return sock
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true", help="serve the tiny random-weight demo model")
     args = parser.parse_args(argv)
     configure_logging()
 
-    settings = Settings()
+    settings = load_settings()
+    if problem := state_dir_problem(Path(settings.state_dir)):
+        sys.exit(f"error: {problem}")
+    sock = bind(settings.host, settings.port)
     prepare_model(settings, args.demo)
     generated = ensure_api_key(settings)
     app = create_app(build_embedded(settings))
     url = settings.public_base_url or f"http://{settings.host}:{settings.port}"
     if generated:
         log.warning("no API_KEYS set: use this generated key (kept in %s/api_key): %s", settings.state_dir, generated)
+    count = len(settings.api_keys)
+    log.info("%d API key%s configured (%s)", count, "" if count == 1 else "s", "generated" if generated else "API_KEYS")
     log.info("serving on %s  (docs: %s/docs)", url, url)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", proxy_headers=True)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", proxy_headers=True)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 if __name__ == "__main__":

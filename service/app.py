@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.backend import Backend
+from service.docs_ui import install_docs
 from service.errors import install_error_handlers
 from service.inputs import FetchLimits, make_client
 from service.logs import install_access_log
@@ -38,7 +39,9 @@ def create_app(backend: Backend) -> FastAPI:
             for item in reversed(backend.background):
                 item.stop()
 
-    app = FastAPI(title="inpaint", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="inpaint", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # served from the package by install_docs: no CDN
+    install_docs(app)
     app.state.jobs = backend.jobs
     app.state.fetch_limits = fetch_limits(backend.settings)
     install_error_handlers(app)

@@ -1,5 +1,7 @@
 """All configuration, from environment variables (same names locally and on Modal)."""
 
+import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -7,6 +9,51 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REAL_MODEL_NAME = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+API_KEYS_FORMS = 'separate keys with commas or spaces (k1,k2 or "k1 k2"), or write a JSON list (["k1","k2"])'
+API_KEY_CHARS = re.compile(r"""[^\s"',;\[\]]+""")  # no whitespace, quotes, commas, semicolons, brackets
+
+
+def parse_api_keys(value: str) -> list[str]:
+    """API_KEYS as written in the environment: "k1,k2", "k1 k2" or '["k1","k2"]'. Anything else is refused,
+    so a typo never silently becomes a key."""
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            keys = json.loads(text)
+        except ValueError:
+            raise ValueError(f"starts with '[' but is not a valid JSON list; {API_KEYS_FORMS}") from None
+        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+            raise ValueError(f"as JSON it must be a list of strings; {API_KEYS_FORMS}")
+        keys = [k.strip() for k in keys]
+    elif "," in text:
+        keys = [k.strip() for k in text.split(",")]
+    else:
+        keys = text.split()
+    keys = [k for k in keys if k]
+    for key in keys:
+        if not (key.isascii() and key.isprintable() and API_KEY_CHARS.fullmatch(key)):
+            raise ValueError(f"a key contains a space, quote, bracket, comma or semicolon, or a "
+                             f"non-ASCII character; {API_KEYS_FORMS}")
+    return list(dict.fromkeys(keys))  # drop duplicates, keep order
+
+
+def state_dir_problem(state_dir: Path) -> str | None:
+    """None when STATE_DIR can hold our files; else one message that says what is wrong and what to do."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe = state_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+        return None
+    except (NotADirectoryError, FileExistsError):
+        reason = "it, or a folder on its path, is a file rather than a directory"
+    except PermissionError:
+        reason = "this user may not create or write files there (permission denied)"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    return (f"STATE_DIR={state_dir} is not usable: {reason}. STATE_DIR holds the job database, result files "
+            f"and the generated API key: set STATE_DIR to a directory this user can write (it is created if "
+            f"missing), or fix the path.")
 
 
 def default_model_dir() -> Path:
@@ -18,7 +65,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description='"k1,k2", "k1 k2" or a JSON list ["k1","k2"]')
     public_base_url: str | None = None
     state_dir: Path = Path(".state")
     model_dir: Path = Field(default_factory=default_model_dir)
@@ -70,9 +118,7 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value):
-        if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
-        return value
+        return parse_api_keys(value) if isinstance(value, str) else value
 
     @field_validator("key_credits", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""Every rule of CONTRACT.md's parameter table, on the request model."""
+"""Every rule of the parameter table in docs/API.md, on the request model."""
 
 import json
 

@@ -46,6 +46,24 @@ def select_files(repo_files: list[str], safety_checker: bool = True) -> list[str
     return sorted(selected)
 
 
+def hub_problem(repo_id: str = REPO_ID, timeout: float = 5.0) -> str | None:
+    """None when the Hugging Face hub answers for repo_id; else why not. One short try, no retries,
+    so a machine without hub access learns it in seconds rather than after the download's retries."""
+    import httpx
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = f"{constants.ENDPOINT}/api/models/{repo_id}"
+    try:
+        response = httpx.get(url, timeout=timeout, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        return f"the Hugging Face hub ({constants.ENDPOINT}) is unreachable: {type(exc).__name__}: {exc}"
+    if response.status_code >= 400:
+        return f"the Hugging Face hub answered HTTP {response.status_code} for {repo_id}"
+    return None
+
+
 def download(model_dir: Path, safety_checker: bool = True, repo_id: str = REPO_ID) -> Path:
     from huggingface_hub import list_repo_files, snapshot_download
 

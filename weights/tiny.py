@@ -83,6 +83,7 @@ def write_tokenizer(folder: Path) -> int:
 
 
 def build(out_dir: Path, safety_checker: str = "none", seed: int = 0) -> Path:
+    import inference  # noqa: F401  (first: importing it filters transformers' notice about torchvision)
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
