@@ -48,6 +48,13 @@ class Changes:
                 if not subs:
                     del self._subscriptions[sub.job_id]
 
+    def notify_all(self) -> None:
+        """Wake every waiter (a job started or ended: queue positions moved)."""
+        with self._lock:
+            subs = [sub for group in self._subscriptions.values() for sub in group]
+        for sub in subs:
+            sub.loop.call_soon_threadsafe(sub.event.set)
+
     def notify(self, job_id: str) -> None:
         """Thread-safe: called by the store after every update of the job."""
         with self._lock:

@@ -149,26 +149,33 @@ class JobService:
             body.progress = Progress(step=record.progress_step or 0, total=record.progress_total)
         return body
 
+    def _view(self, job_id: str) -> tuple[JobRecord | None, tuple]:
+        """The record and what a status poll shows of it: status, progress step, queue position."""
+        record = self.records.get(job_id)
+        if record is None:
+            return None, ()
+        position = self.records.queue_position(job_id) if record.status == JobStatus.QUEUED else None
+        return record, (record.status, record.progress_step, position)
+
     async def wait_for_change(self, record: JobRecord, wait: float) -> JobRecord:
-        """Return as soon as the job's status or progress differs from `record`'s, or after `wait` seconds."""
+        """Return as soon as what a status poll shows (status, progress, queue position) differs from now,
+        or after `wait` seconds."""
         deadline = time.monotonic() + wait
-
-        def changed(current: JobRecord | None) -> bool:
-            return current is None or (current.status, current.progress_step) != (record.status, record.progress_step)
-
         if self.changes is None:  # no in-process notifications (Modal): poll the store
+            _, seen = await run_blocking(self._view, record.id)
             while (left := deadline - time.monotonic()) > 0:
                 await asyncio.sleep(min(STORE_POLL_INTERVAL, left))
-                current = await run_blocking(self.records.get, record.id)
-                if changed(current):
+                current, view = await run_blocking(self._view, record.id)
+                if current is None or view != seen:
                     return current or record
             return record
         with self.changes.subscribe(record.id) as subscription:
-            current = await run_blocking(self.records.get, record.id) or record
-            while not changed(current) and (left := deadline - time.monotonic()) > 0:
+            current, seen = await run_blocking(self._view, record.id)
+            view = seen
+            while current is not None and view == seen and (left := deadline - time.monotonic()) > 0:
                 await subscription.wait(left)
-                current = await run_blocking(self.records.get, record.id) or current
-        return current
+                current, view = await run_blocking(self._view, record.id)
+        return current or record
 
     async def wait_until_done(self, job_id: str, timeout: float) -> JobOutcome | None:
         """For v1: the outcome once the job ends, None if it is still running after `timeout` seconds."""

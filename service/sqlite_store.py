@@ -107,7 +107,10 @@ class SQLiteState:
             if updated is None or updated.status.terminal != final:
                 return None
             self._write(updated)
-        self.changes.notify(job_id)
+        if updated.status != current.status:
+            self.changes.notify_all()  # queue positions of the jobs behind it moved too
+        else:
+            self.changes.notify(job_id)
         return updated
 
     def update(self, job_id: str, **changes: Any) -> JobRecord | None:

@@ -100,8 +100,16 @@ def test_integer_accepted_for_numbers():
     assert req.guidance_scale == 7.0 and req.strength == 1.0
 
 
-def test_long_prompt_is_not_an_error():
-    assert InpaintRequest.model_validate({**BASE, "prompt": "word " * 500})
+def test_long_prompt_is_not_an_error_up_to_the_cap():
+    assert InpaintRequest.model_validate({**BASE, "prompt": "word " * 200})  # past CLIP's 77 tokens
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+def test_prompt_over_the_cap_is_refused_naming_the_field(field):
+    with pytest.raises(ValidationError) as refused:
+        InpaintRequest.model_validate({**BASE, field: "x" * 1001})
+    message, where = describe_validation_error(refused.value)
+    assert where == field and "at most 1000 characters" in message
 
 
 def test_several_errors_reported_together():
