@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import uvicorn
+from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from service.app import create_app
@@ -65,6 +66,26 @@ def load_settings() -> Settings:
         sys.exit("error: invalid configuration:\n" + "\n".join(lines))
 
 
+def lock_state_dir(state_dir: Path) -> FileLock:
+    """One server per STATE_DIR: a second one would take the first one's running jobs for dead and run them again."""
+    lock = FileLock(state_dir / "server.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        sys.exit(f"error: another inpaint server is already using STATE_DIR={state_dir}. Stop it first, or give this "
+                 f"one its own STATE_DIR (and PORT).")
+    return lock
+
+
+def public_url_problem(settings: Settings) -> str | None:
+    """Beyond loopback, URLs in answers must not be built from the client's Host header."""
+    if settings.public_base_url or settings.host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return (f"HOST={settings.host} serves beyond this machine, so set PUBLIC_BASE_URL to the address clients use "
+            f"(e.g. PUBLIC_BASE_URL=http://my-server:{settings.port}): the status and result URLs in answers are "
+            f"built from it, never from the Host header a client sends.")
+
+
 def bind(host: str, port: int) -> socket.socket:
     """The listening address, taken before anything slow runs, so a busy port fails at once and clearly."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -88,8 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging()
 
     settings = load_settings()
-    if problem := state_dir_problem(Path(settings.state_dir)):
+    if problem := state_dir_problem(Path(settings.state_dir)) or public_url_problem(settings):
         sys.exit(f"error: {problem}")
+    lock = lock_state_dir(Path(settings.state_dir))  # held until the process exits
     sock = bind(settings.host, settings.port)
     prepare_model(settings, args.demo)
     generated = ensure_api_key(settings)

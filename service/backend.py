@@ -91,7 +91,7 @@ def build_embedded(settings: Settings, make_inpainter: Callable[[], Any] | None 
                       changes=state.changes, on_terminal=webhooks.on_terminal)
     dispatcher.bind(jobs)
     interval = min(settings.sweep_interval_seconds, max(settings.result_ttl_seconds / 2, 1))
-    sweeper = Sweeper(jobs, interval, lease=settings.lease_seconds)
+    sweeper = Sweeper(jobs, interval, lease=settings.lease_seconds, check=state.problem)
     # Started in this order, stopped in reverse: webhooks outlive the worker that triggers them.
     return Backend(settings, jobs, background=(webhooks, dispatcher, sweeper))
 

@@ -51,6 +51,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreUnavailable)
     async def _store_unavailable(request: Request, exc: StoreUnavailable):
         log.error("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        request.app.state.jobs.fault = str(exc)  # /health shows it until a write succeeds again
         return error_response(503, "the server cannot store jobs right now (its storage is full or failing); "
                                    "nothing was charged, retry later", headers={"Retry-After": "10"})
 

@@ -7,6 +7,7 @@ function on Modal.
 import logging
 import threading
 import time
+from typing import Callable
 
 from schemas import JobStatus
 from service.failures import Failure
@@ -93,8 +94,9 @@ def keep_counters_alive(counters: Counters, owners: list[str]) -> None:
 class Sweeper:
     """Runs sweep_expired and reap_stale every `interval` seconds on a daemon thread (embedded)."""
 
-    def __init__(self, jobs: JobService, interval: float, lease: float = 120.0):
-        self.jobs, self.interval, self.lease = jobs, interval, lease
+    def __init__(self, jobs: JobService, interval: float, lease: float = 120.0,
+                 check: Callable[[], str | None] = lambda: None):
+        self.jobs, self.interval, self.lease, self.check = jobs, interval, lease, check
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="housekeeping", daemon=True)
 
@@ -108,6 +110,10 @@ class Sweeper:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                if problem := self.check():
+                    self.jobs.fault = problem
+                    log.error("%s", problem)
+                    continue
                 sweep_expired(self.jobs)
                 reap_stale(self.jobs, self.lease)
                 expire_queued(self.jobs)

@@ -168,6 +168,12 @@ class SQLiteState:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             self._db.execute("DELETE FROM claims WHERE name LIKE ?", (f"%:{job_id}%",))
 
+    def problem(self) -> str | None:
+        """Why the database is unusable (checked by the housekeeping thread), or None."""
+        if not self.path.exists():
+            return f"the job database {self.path} was deleted while the server ran; restart the server"
+        return None
+
     # ---- Counters --------------------------------------------------------------------------
 
     def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, T]]) -> T:

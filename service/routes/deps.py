@@ -18,6 +18,7 @@ def get_jobs(request: Request) -> JobService:
 
 
 def base_url(request: Request) -> str:
+    """PUBLIC_BASE_URL; without it (loopback only, see service/__main__.py) the address the request came to."""
     settings = request.app.state.jobs.settings
     return (settings.public_base_url or str(request.base_url)).rstrip("/")
 
