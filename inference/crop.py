@@ -50,22 +50,19 @@ def context_box(mask_box: Box, image_size: Size, target_size: Size, padding: int
 def fit_box(size: Size, target_size: Size) -> Box:
     """Where a region of `size` lands, centred, when scaled to fit inside `target_size` without distortion.
 
-    When the aspect ratios differ by less than one source pixel the region
-    fills the target (a sub-pixel stretch beats a thin letterbox bar).
+    When the aspect ratios differ by less than one source pixel (on either
+    side) the region fills the target: a sub-pixel stretch beats a thin bar.
     """
     width, height = size
     target_w, target_h = target_size
-    if width * target_h > height * target_w:  # wider than the target: bars above and below
-        fitted = height * target_w / width
-        if target_h - fitted < target_w / width:
-            fitted = target_h
-        fitted_h = max(1, round(fitted))
+    mismatch = width * target_h - height * target_w
+    if abs(mismatch) < max(target_w, target_h):
+        return 0, 0, target_w, target_h
+    if mismatch > 0:  # wider than the target: bars above and below
+        fitted_h = max(1, round(height * target_w / width))
         top = (target_h - fitted_h) // 2
         return 0, top, target_w, top + fitted_h
-    fitted = width * target_h / height
-    if target_w - fitted < target_h / height:
-        fitted = target_w
-    fitted_w = max(1, round(fitted))
+    fitted_w = max(1, round(width * target_h / height))
     left = (target_w - fitted_w) // 2
     return left, 0, left + fitted_w, target_h
 
