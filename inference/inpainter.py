@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from inference.compose import paste_outside_mask, prepare_inputs
+from inference.compose import prepare
 from inference.pipeline import load_pipeline, optimize_for_gpu
 from inference.schedulers import SchedulerCache
 from schemas import InpaintParams
@@ -84,7 +84,10 @@ class Inpainter:
         on_step: StepCallback | None = None,
     ) -> InpaintOutput:
         width, height = request.img_width, request.img_height
-        image, mask = prepare_inputs(image, mask, width, height)
+        feather_px = self.feather_px if request.mask_blur is None else request.mask_blur
+        job = prepare(image, mask, (width, height), original_size=request.original_size,
+                      only_masked=request.only_masked, padding=request.mask_padding, grow_px=request.mask_grow,
+                      feather_px=feather_px)
         seeds = sample_seeds(request.seed, request.samples)
         steps_run = 0
 
@@ -102,8 +105,8 @@ class Inpainter:
             result = self.pipe(
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt or None,
-                image=image,
-                mask_image=mask,
+                image=job.model_image,
+                mask_image=job.model_mask,
                 height=height,
                 width=width,
                 num_inference_steps=request.num_inference_steps,
@@ -116,10 +119,11 @@ class Inpainter:
             elapsed = time.perf_counter() - started
 
         blocked = [bool(flag) for flag in (result.nsfw_content_detected or [False] * len(result.images))]
-        images = [paste_outside_mask(image, generated, mask, self.feather_px) for generated in result.images]
+        images = [job.stitch(generated) for generated in result.images]
         log.info(
-            "inpainted %dx%d samples=%d scheduler=%s steps=%d in %.3fs%s",
-            width, height, request.samples, request.scheduler, steps_run, elapsed,
+            "inpainted %dx%d (box %s of %dx%d, output %dx%d) samples=%d scheduler=%s steps=%d in %.3fs%s",
+            width, height, job.box, *job.base.size, *job.output_size, request.samples, request.scheduler,
+            steps_run, elapsed,
             " (blocked by safety checker)" if any(blocked) else "",
         )
         return InpaintOutput(images=images, seeds=seeds, inference_time=elapsed, steps_run=steps_run, blocked=blocked)

@@ -27,6 +27,9 @@ SchedulerName = Literal[SCHEDULERS]  # type: ignore[valid-type]
 
 MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; more is refused rather than carried through the queue and logs
+MAX_MASK_PADDING = 1024
+MAX_MASK_GROW = 128
+MAX_MASK_BLUR = 64
 
 
 class InpaintParams(BaseModel):
@@ -50,6 +53,26 @@ class InpaintParams(BaseModel):
     base64: bool = Field(False, description="v1 only: answer JSON with base64 instead of image bytes.")
     output_format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="Extension: output encoding.")
     webhook_url: str | None = Field(None, description="Extension, v2: URL POSTed the final body.")
+    original_size: bool = Field(
+        False, description="Extension: answer at the input's own size (after EXIF orientation) instead of "
+                           "img_width x img_height. Without only_masked the whole image is fitted into "
+                           "img_width x img_height for the model without distortion and mapped back.")
+    only_masked: bool = Field(
+        False, description="Extension: repaint only a box around the mask (mask_padding of context, grown to the "
+                           "img_width:img_height aspect ratio, clamped to the image) at img_width x img_height, "
+                           "then stitch it into the untouched input. One box holds every masked area.")
+    mask_padding: int = Field(
+        32, ge=0, le=MAX_MASK_PADDING,
+        description=f"Extension, with only_masked: pixels of context around the mask's box, 0..{MAX_MASK_PADDING}.")
+    mask_grow: int = Field(
+        0, ge=0, le=MAX_MASK_GROW,
+        description=f"Extension: grow the mask by this many pixels in every direction before painting, "
+                    f"0..{MAX_MASK_GROW}.")
+    mask_blur: int | None = Field(
+        None, ge=0, le=MAX_MASK_BLUR,
+        description=f"Extension: feather of the stitch in pixels, 0..{MAX_MASK_BLUR} (0 = hard edge); "
+                    f"null = the server's FEATHER_PX. Pixels more than 3 x mask_blur beyond the grown mask "
+                    f"keep the input's exact values.")
 
 
 class InpaintRequest(InpaintParams):

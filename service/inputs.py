@@ -30,6 +30,7 @@ REDIRECT_CODES = {301, 302, 303, 307, 308}
 class FetchLimits:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 4096 * 4096
+    max_side: int = 8192  # a 1x16777216 strip passes the pixel cap but costs ~1 GB to resize
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
     max_redirects: int = 3
@@ -158,7 +159,7 @@ def decode_inline(value: str, field: str, max_bytes: int) -> bytes:
         raise InputError(field, "is neither an http(s) URL, a data: URI nor valid base64") from None
 
 
-def check_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+def check_image(data: bytes, field: str, max_pixels: int, max_side: int = FetchLimits.max_side) -> Image.Image:
     """Decode fully under a pixel cap; refuse non-images and formats other than PNG/JPEG/WebP."""
     try:
         image = Image.open(io.BytesIO(data))
@@ -171,6 +172,8 @@ def check_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise InputError(field, f"image is {width}x{height}, over the limit of {max_pixels} pixels")
+    if max(width, height) > max_side:
+        raise InputError(field, f"image is {width}x{height}, over the limit of {max_side} pixels per side")
     try:
         image.load()
     except Exception:
@@ -190,7 +193,7 @@ async def load_input(value: str, field: str, limits: FetchLimits, client: httpx.
         data = decode_inline(value, field, limits.max_bytes)
     if len(data) > limits.max_bytes:
         raise InputError(field, f"image is larger than {limits.max_bytes} bytes")
-    await asyncio.to_thread(check_image, data, field, limits.max_pixels)
+    await asyncio.to_thread(check_image, data, field, limits.max_pixels, limits.max_side)
     return data
 
 

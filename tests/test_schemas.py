@@ -31,6 +31,8 @@ def test_defaults_match_contract():
     assert req.base64 is False
     assert req.output_format == "jpeg"
     assert req.webhook_url is None
+    assert (req.original_size, req.only_masked) == (False, False)
+    assert (req.mask_padding, req.mask_grow, req.mask_blur) == (32, 0, None)
 
 
 @pytest.mark.parametrize("name", ["image", "mask", "prompt"])
@@ -62,6 +64,9 @@ def test_unknown_parameter_is_named():
         ("seed", [-2, 2**63], [-1, 0, 2**63 - 1]),
         ("img_width", [256, 513, 1024], [512, 768]),
         ("img_height", [256, 640], [512, 768]),
+        ("mask_padding", [-1, 1025], [0, 1024]),
+        ("mask_grow", [-1, 129], [0, 128]),
+        ("mask_blur", [-1, 65], [None, 0, 64]),
     ],
 )
 def test_ranges(name, bad, good):
@@ -88,7 +93,8 @@ def test_bad_enums():
 @pytest.mark.parametrize(
     "name, value",
     [("samples", "2"), ("samples", 1.5), ("samples", True), ("guidance_scale", "7.5"), ("prompt", 5),
-     ("base64", "true"), ("seed", "1"), ("img_width", "512")],
+     ("base64", "true"), ("seed", "1"), ("img_width", "512"), ("original_size", "true"), ("only_masked", 1),
+     ("mask_padding", 32.0), ("mask_padding", True), ("mask_grow", "4"), ("mask_blur", 2.5)],
 )
 def test_wrong_types(name, value):
     message, field = errors_for(**{name: value})
