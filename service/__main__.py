@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     count = len(settings.api_keys)
     log.info("%d API key%s configured (%s)", count, "" if count == 1 else "s", "generated" if generated else "API_KEYS")
     log.info("serving on %s  (docs: %s/docs)", url, url)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", proxy_headers=True)
+    # access_log=False: service/logs.py writes one JSON line per request; uvicorn's would be a second one.
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", proxy_headers=True,
+                            access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -28,9 +28,28 @@ def error_response(status: int, message: str, field: str | None = None, headers:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class HeaderLimit:
+    """431 for requests whose headers add up to more than MAX_HEADER_BYTES (uvicorn sets no such limit).
+    Plain ASGI middleware: it runs before routing and costs one sum per request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            response = error_response(431, f"request headers are larger than {MAX_HEADER_BYTES} bytes")
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_middleware(HeaderLimit)
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
+        request.state.error = exc.message  # the access log line says why
         return error_response(exc.status, exc.message, exc.field, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -46,7 +65,8 @@ def install_error_handlers(app: FastAPI) -> None:
         for item in exc.errors():
             where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("path", "query", "body"))
             parts.append(f"parameter '{where}': {item.get('msg')}")
-        return error_response(400, "; ".join(parts) or "invalid request")
+        request.state.error = "; ".join(parts) or "invalid request"
+        return error_response(400, request.state.error)
 
     @app.exception_handler(StoreUnavailable)
     async def _store_unavailable(request: Request, exc: StoreUnavailable):

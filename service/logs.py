@@ -25,6 +25,14 @@ def redact_url(value: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def log_path(path: str) -> str:
+    """The path as logged: a result file's token is its credential, so it is never written down."""
+    parts = path.split("/")
+    if len(parts) == 5 and parts[1] == "files":
+        parts[3] = "<token>"
+    return "/".join(parts)
+
+
 def log_event(event: str, **fields) -> None:
     events.info(json.dumps({"event": event, **fields}, default=str, separators=(",", ":")))
 
@@ -53,9 +61,12 @@ class AccessLog:
             await self.app(scope, receive, send_and_watch)
         finally:
             state = scope.get("state") or {}
-            log_event("request", method=scope["method"], path=scope["path"], status=seen["status"],
-                      ms=round((time.perf_counter() - started) * 1000, 2), request_id=seen["request_id"],
-                      owner=state.get("owner"))
+            fields = {"request_id": seen["request_id"] or state.get("request_id"), "owner": state.get("owner")}
+            if seen["status"] >= 400 and state.get("error"):
+                fields["error"] = state["error"]  # why it was refused, in the same line
+            log_event("request", method=scope["method"], path=log_path(scope["path"]), status=seen["status"],
+                      ms=round((time.perf_counter() - started) * 1000, 2),
+                      **{k: v for k, v in fields.items() if v is not None})
 
 
 def install_access_log(app: FastAPI) -> None:

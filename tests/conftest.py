@@ -30,3 +30,13 @@ def inpainter(tiny_model_dir):
     from inference import Inpainter
 
     return Inpainter(tiny_model_dir)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Let worker threads of stopped test servers finish the job they are in: a thread killed inside torch at
+    interpreter exit aborts the process ("terminate called without an active exception", exit 134)."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "inpaint-worker" and thread.is_alive():
+            thread.join(120)

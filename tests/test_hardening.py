@@ -173,6 +173,9 @@ def test_logs_are_structured_and_hide_secrets(tmp_path, tiny_model_dir, inpainte
             client.post(f"/v2/{SLUG}", json={**BODY, "image": f"{srv.url}/missing.png?X-Amz-Signature=s3cr3t"})
             request_id = client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
             wait_terminal(client, request_id)
+            file_url = client.get(f"/v2/requests/{request_id}").json()["output"]
+            assert httpx.get(file_url).status_code == 200
+            token = file_url.split("/")[-2]
     lines = [r.getMessage() for r in caplog.records if r.name == "inpaint.events"]
     events = [json.loads(line) for line in lines]
     text = "\n".join(lines)
@@ -183,3 +186,8 @@ def test_logs_are_structured_and_hide_secrets(tmp_path, tiny_model_dir, inpainte
     assert any(e["status"] == 400 for e in requests) and all("ms" in e for e in requests)
     submit = next(e for e in requests if e.get("request_id") == request_id)
     assert submit["owner"] and submit["owner"] != KEY_A
+    polls = [e for e in requests if e["path"].endswith("/status")]
+    assert polls and all(e["request_id"] == request_id for e in polls)  # every line about a job names it
+    refused = next(e for e in requests if e["status"] == 400)
+    assert "image" in refused["error"]  # a 4xx line says why
+    assert token not in text and any(e["path"].startswith(f"/files/{request_id}/<token>/") for e in requests)

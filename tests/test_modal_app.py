@@ -246,3 +246,32 @@ def test_store_hides_expired_finished_jobs_only(stores):
     assert records.get("old") is None
     assert records.get("waiting").status == JobStatus.QUEUED  # unfinished jobs never vanish
     assert [r.id for r in records.expired(now)] == ["old"]
+
+
+def test_download_weights_never_overwrites_what_a_snapshot_used(recorded_app, monkeypatch, tmp_path):
+    """Each download lands in a new directory named in CURRENT; --force never deletes or overwrites files a
+    deployed snapshot was made from."""
+    import weights.download
+
+    module, _ = recorded_app
+    monkeypatch.setattr(module, "WEIGHTS_ROOT", str(tmp_path))
+    monkeypatch.setattr(module, "CURRENT_WEIGHTS", str(tmp_path / "CURRENT"))
+    commits = []
+    monkeypatch.setattr(module, "weights", type("Volume", (), {"commit": lambda self: commits.append(1)})())
+    names = iter(["20260101-000000", "20260101-000001"])
+    monkeypatch.setattr(module.time, "strftime", lambda fmt: next(names))
+
+    def fake_download(target, safety_checker=True):
+        target.mkdir(parents=True)
+        (target / "model_index.json").write_text("{}")
+        return target
+
+    monkeypatch.setattr(weights.download, "download", fake_download)
+    module.download_weights.local()
+    first = module.current_weights_dir()
+    module.download_weights.local()  # already there: nothing fetched
+    assert module.current_weights_dir() == first and len(commits) == 1
+    module.download_weights.local(force=True)
+    second = module.current_weights_dir()
+    assert second != first and (first / "model_index.json").is_file()  # the old copy is untouched
+    assert (tmp_path / "CURRENT").read_text().strip() == second.name and len(commits) == 2

@@ -323,3 +323,37 @@ def test_modal_status_monotonic_and_cancel(modal_server):
             assert ranks == sorted(ranks)
         assert wait_terminal(client, ids[0])["status"] == wait_terminal(client, ids[1])["status"] == "COMPLETED"
         assert wait_terminal(client, ids[2])["error"] == "cancelled"
+
+
+def test_cancel_flag_is_read_at_most_every_half_second(deployment):
+    """Each denoising step used to read the cancel flag from the Dict: a network call per step on Modal."""
+    d = deployment()
+    d.gate.clear()
+    job_id = d.submit()
+    reads = []
+    records = d.dicts["records"]
+    original_get = records.get
+
+    def counting_get(key, default=None):
+        if isinstance(key, str) and key.startswith("cancel:"):
+            reads.append(time.monotonic())
+        return original_get(key, default)
+
+    records.get = counting_get
+    started = time.monotonic()
+    d.gate.set()
+    assert d.wait_end(job_id).status == JobStatus.COMPLETED
+    elapsed = time.monotonic() - started
+    assert len(reads) <= 2 + elapsed / 0.5  # one before the start, then at most one per 0.5 s of running
+
+
+def test_sweep_keeps_credit_counters_alive(deployment):
+    from service.housekeeping import keep_counters_alive
+
+    d = deployment()
+    d.submit()
+    counters = d.dicts["counters"]
+    before = counters.calls
+    keep_counters_alive(d.web.counters, [key_owner(KEY_A), key_owner("another")])
+    assert counters.calls - before == 2  # one read each: a read counts as activity for Dict expiry
+    assert d.credits_left() == BUDGET - 1  # and changes nothing

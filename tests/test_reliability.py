@@ -205,3 +205,36 @@ def test_binding_beyond_loopback_needs_public_base_url(tmp_path):
     code, output = finished(run_service(tmp_path, "--demo", HOST="0.0.0.0", PORT=str(free_port())))
     assert code != 0 and "PUBLIC_BASE_URL" in output and "Traceback" not in output
     assert not (tmp_path / ".models").exists()  # refused before any work
+
+
+def test_oversized_headers_are_refused(tmp_path, tiny_model_dir, inpainter):
+    with api_server(make_settings(tmp_path, tiny_model_dir), lambda: inpainter) as srv:
+        r = httpx.get(f"{srv.url}/health", headers={"x-padding": "a" * 200_000})
+        assert r.status_code == 431 and "headers are larger" in r.json()["error"]
+        assert httpx.get(f"{srv.url}/health").status_code == 200
+
+
+def test_unwritable_result_dir_is_retried_then_a_clear_failure(tmp_path, tiny_model_dir, inpainter):
+    settings = make_settings(tmp_path, tiny_model_dir, storage_retries=2)
+    results = tmp_path / "results"
+    with api_server(settings, lambda: inpainter) as srv, client_for(srv) as client:
+        results.rmdir()
+        results.write_text("in the way")  # creating the job's folder fails (even for root, unlike chmod)
+        try:
+            body = wait_terminal(client, client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"])
+        finally:
+            results.unlink()
+            results.mkdir()
+        assert body["status"] == "FAILED" and body["failure"] == "storage"
+        assert "storing the result failed" in body["error"]
+        assert client.post(f"/v2/{SLUG}", json=BODY).status_code == 200  # the next job is unaffected
+
+
+def test_a_deleted_job_database_shows_on_health(tmp_path, tiny_model_dir, inpainter):
+    with api_server(make_settings(tmp_path, tiny_model_dir), lambda: inpainter) as srv, client_for(srv) as client:
+        (tmp_path / "jobs.sqlite3").unlink()
+        deadline = time.monotonic() + 30
+        while (health := client.get("/health").json())["status"] != "degraded":
+            assert time.monotonic() < deadline, "the deleted database went unnoticed"
+            time.sleep(0.1)
+        assert "deleted" in health["error"] and "restart" in health["error"]

@@ -30,6 +30,5 @@ def caller(request: Request, _key: str | None = Security(API_KEY), _bearer=Secur
 
 
 async def owned_job(request_id: str, request: Request, owner: str = Security(caller)) -> JobRecord:
-    record = await run_blocking(get_jobs(request).owned, owner, request_id)
-    request.state.request_id = record.id
-    return record
+    request.state.request_id = request_id  # for the access log, found or not
+    return await run_blocking(get_jobs(request).owned, owner, request_id)
