@@ -34,11 +34,14 @@ class WeightsNotFound(RuntimeError):
 
 
 def inference_threads() -> int:
-    """OMP_NUM_THREADS when set, else the cores this process may run on (not the machine's count)."""
+    """OMP_NUM_THREADS when set, else the cores this process may run on (not the machine's count) less one,
+    which the web tier and the rest of the machine keep. Measured on 2 cores with another process busy on one
+    (docs/PERFORMANCE.md): 2 threads made a job 4.4x slower, 1 thread 1.2x; idle, 1 thread is 1.4x slower."""
     value = os.environ.get("OMP_NUM_THREADS", "")
     if value.isdigit() and int(value) > 0:
         return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 def pick_device() -> tuple[str, torch.dtype]:
