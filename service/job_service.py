@@ -64,7 +64,7 @@ async def run_blocking(function: Callable[..., Any], *args: Any) -> Any:
 class JobService:
     def __init__(self, settings: Settings, records: JobRecords, inputs: InputBlobs, counters: Counters,
                  storage: ResultStorage, dispatcher: Dispatcher, changes: Changes | None = None,
-                 on_terminal: Callable[[JobRecord], None] | None = None):
+                 on_terminal: Callable[[JobRecord], None] | None = None, inline_reads: bool = False):
         self.settings = settings
         self.records, self.inputs, self.counters = records, inputs, counters
         self.storage, self.dispatcher = storage, dispatcher
@@ -72,7 +72,14 @@ class JobService:
         self.on_terminal = on_terminal  # e.g. webhook delivery; called once per job
         self._cancelled_here: set[str] = set()  # cancels received by this process: checked for free
         self.fault: str | None = None  # the store's last write failure, until a write succeeds again (/health)
+        # Reads that cost microseconds and never wait on a writer (SQLite in WAL mode, a connection per thread)
+        # run on the event loop; a thread hop would cost more than the read. Writes, and every call to a
+        # networked store (Modal), go through run_blocking.
+        self.inline_reads = inline_reads
 
+    async def read(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run a read-only store call from a handler: inline where reads are cheap, else off the loop."""
+        return function(*args) if self.inline_reads else await run_blocking(function, *args)
     # ---- admission (web tier) -------------------------------------------------------------
 
     def check_rate(self, owner: str) -> None:
@@ -162,19 +169,19 @@ class JobService:
         or after `wait` seconds."""
         deadline = time.monotonic() + wait
         if self.changes is None:  # no in-process notifications (Modal): poll the store
-            _, seen = await run_blocking(self._view, record.id)
+            _, seen = await self.read(self._view, record.id)
             while (left := deadline - time.monotonic()) > 0:
                 await asyncio.sleep(min(STORE_POLL_INTERVAL, left))
-                current, view = await run_blocking(self._view, record.id)
+                current, view = await self.read(self._view, record.id)
                 if current is None or view != seen:
                     return current or record
             return record
         with self.changes.subscribe(record.id) as subscription:
-            current, seen = await run_blocking(self._view, record.id)
+            current, seen = await self.read(self._view, record.id)
             view = seen
             while current is not None and view == seen and (left := deadline - time.monotonic()) > 0:
                 await subscription.wait(left)
-                current, view = await run_blocking(self._view, record.id)
+                current, view = await self.read(self._view, record.id)
         return current or record
 
     async def wait_until_done(self, job_id: str, timeout: float) -> JobOutcome | None:
@@ -185,7 +192,7 @@ class JobService:
             failed = await run_blocking(self.fail, job_id, Failure.UNAVAILABLE, str(exc))
             outcome = JobOutcome(failed) if failed else None
         if outcome is None or not outcome.record.status.terminal:
-            record = await run_blocking(self.records.get, job_id)
+            record = await self.read(self.records.get, job_id)
             return JobOutcome(record) if record is not None and record.status.terminal else None
         return outcome
 

@@ -1,8 +1,10 @@
 """The embedded backend's state: one SQLite file for records and counters, input images as files.
 
-Everything lives under STATE_DIR and survives restarts. One lock serialises the
-connection; each method is one short transaction, so the once-only rules
-(`finish`, `claim`, `create` under the queue cap) are atomic.
+Everything lives under STATE_DIR and survives restarts. Writes go through one
+connection under one lock, each one short transaction, so the once-only rules
+(`finish`, `claim`, `create` under the queue cap) are atomic. Reads use a
+connection per thread: in WAL mode they never wait on a writer, so the event
+loop can make them inline (microseconds, no thread hop).
 """
 
 import json
@@ -56,6 +58,7 @@ class SQLiteState:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # owner-only; SQLite gives its WAL the same
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        self._readers = threading.local()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -73,8 +76,16 @@ class SQLiteState:
                     self._db.execute("ROLLBACK")
                 raise
 
-    def _read(self, job_id: str) -> JobRecord | None:
-        row = self._db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection."""
+        db = getattr(self._readers, "db", None)
+        if db is None:
+            db = self._readers.db = sqlite3.connect(str(self.path), isolation_level=None)
+            db.execute("PRAGMA query_only = 1")
+        return db
+
+    def _read(self, job_id: str, db: sqlite3.Connection | None = None) -> JobRecord | None:
+        row = (db or self._db).execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return JobRecord.model_validate_json(row[0]) if row else None
 
     def _write(self, record: JobRecord) -> None:
@@ -85,7 +96,7 @@ class SQLiteState:
 
     def create(self, record: JobRecord, max_unfinished: int = 0) -> bool:
         def insert() -> bool:
-            if max_unfinished > 0 and self._count_unfinished() >= max_unfinished:
+            if max_unfinished > 0 and self._count_unfinished(self._db) >= max_unfinished:
                 return False
             self._db.execute(
                 "INSERT INTO jobs (id, status, created_at, expires_at, doc) VALUES (?, ?, ?, ?, ?)",
@@ -96,8 +107,7 @@ class SQLiteState:
         return self._transaction(insert)
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            record = self._read(job_id)
+        record = self._read(job_id, self._reader())
         return None if record is None or record.expired(time.time()) else record
 
     def _change(self, job_id: str, changes: dict[str, Any], final: bool) -> JobRecord | None:
@@ -130,37 +140,32 @@ class SQLiteState:
         self.changes.notify(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self._reader().execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return row is None or bool(row[0])
 
-    def _count_unfinished(self) -> int:
-        row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')").fetchone()
+    def _count_unfinished(self, db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')").fetchone()
         return int(row[0])
 
     def unfinished(self) -> int:
-        with self._lock:
-            return self._count_unfinished()
+        return self._count_unfinished(self._reader())
 
     def queue_position(self, job_id: str) -> int:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND created_at < "
-                "(SELECT created_at FROM jobs WHERE id = ?)",
-                (job_id,),
-            ).fetchone()
+        row = self._reader().execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND created_at < "
+            "(SELECT created_at FROM jobs WHERE id = ?)",
+            (job_id,),
+        ).fetchone()
         return int(row[0])
 
     def unfinished_ids(self, status: JobStatus) -> list[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT id FROM jobs WHERE status = ? ORDER BY created_at",
-                                    (status.value,)).fetchall()
+        rows = self._reader().execute("SELECT id FROM jobs WHERE status = ? ORDER BY created_at",
+                                      (status.value,)).fetchall()
         return [r[0] for r in rows]
 
     def expired(self, now: float) -> list[JobRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT doc FROM jobs WHERE expires_at <= ? AND status IN ('COMPLETED', 'FAILED')",
-                                    (now,)).fetchall()
+        rows = self._reader().execute(
+            "SELECT doc FROM jobs WHERE expires_at <= ? AND status IN ('COMPLETED', 'FAILED')", (now,)).fetchall()
         return [JobRecord.model_validate_json(r[0]) for r in rows]
 
     def delete(self, job_id: str) -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from schemas import InpaintParams, JobStatus
 from service.failures import Failure
-from service.job_service import JobOutcome, JobService, run_blocking
+from service.job_service import JobOutcome, JobService
 from service.jobs import StoredImage
 from service.ports import StoreUnavailable
 from service.storage import StorageError
@@ -180,7 +180,7 @@ class EmbeddedDispatcher:
         deadline = time.monotonic() + timeout
         with self.jobs.changes.subscribe(job_id) as subscription:
             while True:
-                record = await run_blocking(self.jobs.records.get, job_id)
+                record = await self.jobs.read(self.jobs.records.get, job_id)
                 if record is None or record.status.terminal:
                     return JobOutcome(record) if record else None
                 left = deadline - time.monotonic()

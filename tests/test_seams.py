@@ -17,15 +17,19 @@ from tests.servers import KEY_A, ApiServer, SlowInpainter, free_port, make_setti
 from tests.test_service import BODY, SLUG, wait_terminal
 
 
-class LoopGuard:
-    """Wraps a store port; records every call made on a thread that runs an event loop."""
+WRITES = {"create", "update", "finish", "claim", "request_cancel", "delete", "put", "modify"}
 
-    def __init__(self, inner, violations: list):
-        self._inner, self._violations = inner, violations
+
+class LoopGuard:
+    """Wraps a store port; records every call made on a thread that runs an event loop: any call when the
+    backend's reads are not inline (Modal: every call is a network round trip), else every write."""
+
+    def __init__(self, inner, violations: list, inline_reads: bool):
+        self._inner, self._violations, self._inline_reads = inner, violations, inline_reads
 
     def __getattr__(self, name):
         attr = getattr(self._inner, name)
-        if not callable(attr):
+        if not callable(attr) or (self._inline_reads and name not in WRITES):
             return attr
 
         def guarded(*args, **kwargs):
@@ -45,8 +49,9 @@ def test_no_handler_calls_the_store_on_the_event_loop(tmp_path, tiny_model_dir, 
     backend = build_embedded(make_settings(tmp_path, tiny_model_dir, key_credits={KEY_A: 50}),
                              lambda: SlowInpainter(inpainter, gate=gate))
     jobs = backend.jobs
-    jobs.records, jobs.inputs, jobs.counters = (LoopGuard(p, violations) for p in (jobs.records, jobs.inputs,
-                                                                                    jobs.counters))
+    assert jobs.inline_reads  # SQLite in WAL mode, a read connection per thread: reads never wait on a writer
+    jobs.records, jobs.inputs, jobs.counters = (LoopGuard(p, violations, inline_reads=True)
+                                                for p in (jobs.records, jobs.inputs, jobs.counters))
     server = ApiServer(create_app(backend), free_port()).start()
     try:
         with httpx.Client(base_url=server.url, headers={"x-api-key": KEY_A}, timeout=60) as client:
@@ -99,3 +104,32 @@ def test_a_failed_job_is_refunded_exactly_once(tmp_path, tiny_model_dir, failure
     expected = 5 if refunded(failure) else 3
     assert remaining_credits(jobs.counters, owner, 5) == expected
     assert jobs.records.get(record.id).status == JobStatus.FAILED and jobs.inputs.get(record.id) is None
+
+
+def test_modal_handlers_make_no_store_call_on_the_event_loop(tmp_path, tiny_model_dir, inpainter):
+    """On Modal every store call is a network round trip: none may run on the loop, reads included."""
+    from service.backend import build_modal
+    from tests.standins import StandInSpawner, standin_dicts
+
+    violations: list[str] = []
+    settings = make_settings(tmp_path, tiny_model_dir, key_credits={KEY_A: 50})
+    dicts = standin_dicts()
+    spawner = StandInSpawner(lambda job_id: None)
+    backend = build_modal(settings, dicts, spawn=spawner.spawn, call_from_id=spawner.from_id, gpu="L4")
+    jobs = backend.jobs
+    assert not jobs.inline_reads
+    jobs.records, jobs.inputs, jobs.counters = (LoopGuard(p, violations, inline_reads=False)
+                                                for p in (jobs.records, jobs.inputs, jobs.counters))
+    server = ApiServer(create_app(backend), free_port()).start()
+    try:
+        with httpx.Client(base_url=server.url, headers={"x-api-key": KEY_A}, timeout=60) as client:
+            request_id = client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+            client.get(f"/v2/requests/{request_id}/status")
+            client.get(f"/v2/requests/{request_id}/status", params={"wait": 0.3})
+            client.get(f"/v2/requests/{request_id}")
+            client.post(f"/v2/requests/{request_id}/cancel")
+            client.get("/health")
+    finally:
+        server.stop()
+        spawner.pool.shutdown(wait=True)
+    assert violations == []

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
 from service.errors import ApiError
-from service.job_service import JobService, run_blocking
+from service.job_service import JobService
 from service.routes.deps import get_jobs
 
 router = APIRouter()
@@ -31,7 +31,7 @@ async def health(jobs: JobService = Depends(get_jobs)):
         "model": jobs.settings.model_name,
         "demo": jobs.settings.demo,
         "device": dispatcher.device,
-        "queue_depth": await run_blocking(jobs.records.unfinished),
+        "queue_depth": await jobs.read(jobs.records.unfinished),
         "error": dispatcher.error or jobs.fault,
     }
 
@@ -42,7 +42,7 @@ files_router = APIRouter()
 @files_router.get("/files/{request_id}/{token}/{name}", tags=["results"], include_in_schema=False)
 async def get_file(request_id: str, token: str, name: str, request: Request, jobs: JobService = Depends(get_jobs)):
     """Result files on local disk (embedded); the random token in the path is the credential."""
-    record = await run_blocking(jobs.records.get, request_id)
+    record = await jobs.read(jobs.records.get, request_id)
     key = f"{request_id}/{token}/{name}"
     match = record and next((img for img in record.images if img.key == key), None)
     path = jobs.storage.path_for(key) if match else None

@@ -21,7 +21,7 @@ def failed_response(record: JobRecord) -> JSONResponse:
 
 
 async def status_body(jobs: JobService, record: JobRecord) -> dict:
-    body = await run_blocking(jobs.status, record) if record.status == JobStatus.QUEUED else jobs.status(record)
+    body = await jobs.read(jobs.status, record) if record.status == JobStatus.QUEUED else jobs.status(record)
     return body.model_dump(exclude_none=True, mode="json") | {"metrics": record.metrics()}
 
 
