@@ -134,6 +134,10 @@ class EmbeddedDispatcher:
         self.device: str | None = None
         self._queue: "queue.Queue[str | None]" = queue.Queue()
         self._dispatched: dict[str, float] = {}
+        self._waiting: set[str] = set()  # jobs a v1 caller waits for: their outcome (with the image bytes)
+        self._outcomes: dict[str, JobOutcome] = {}  # is handed over, so v1 need not read the files back
+        self._running: str | None = None
+        self._handover = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -178,15 +182,24 @@ class EmbeddedDispatcher:
     async def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
         """Wait on the store's change notifications (no thread held while waiting)."""
         deadline = time.monotonic() + timeout
-        with self.jobs.changes.subscribe(job_id) as subscription:
-            while True:
-                record = await self.jobs.read(self.jobs.records.get, job_id)
-                if record is None or record.status.terminal:
-                    return JobOutcome(record) if record else None
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                await subscription.wait(left)
+        self._waiting.add(job_id)
+        try:
+            with self.jobs.changes.subscribe(job_id) as subscription:
+                while True:
+                    if (outcome := self._outcomes.pop(job_id, None)) is not None:
+                        return outcome
+                    record = await self.jobs.read(self.jobs.records.get, job_id)
+                    # Ended, and the worker is done with it (else its outcome, with the bytes, is a moment away).
+                    if record is None or (record.status.terminal and self._running != job_id):
+                        return self._outcomes.pop(job_id, None) or (JobOutcome(record) if record else None)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    await subscription.wait(left)
+        finally:
+            with self._handover:
+                self._waiting.discard(job_id)
+                self._outcomes.pop(job_id, None)
 
     def _load(self) -> bool:
         try:
@@ -207,7 +220,15 @@ class EmbeddedDispatcher:
             self._dispatched.pop(job_id, None)
             try:
                 if loaded:
-                    run_job(job_id, self.jobs, self.inpainter, self.job_timeout)
+                    self._running = job_id
+                    try:
+                        outcome = run_job(job_id, self.jobs, self.inpainter, self.job_timeout)
+                    finally:
+                        self._running = None
+                    with self._handover:
+                        if outcome is not None and job_id in self._waiting:
+                            self._outcomes[job_id] = outcome
+                    self.jobs.changes.notify(job_id)  # a v1 waiter takes the outcome now
                 else:
                     self.jobs.fail(job_id, Failure.UNAVAILABLE, self.error or "the model is unavailable")
             except StoreUnavailable as exc:  # e.g. disk full: keep the job, wait, try again

@@ -43,6 +43,11 @@ class LoopGuard:
         return guarded
 
 
+def guard_ports(jobs, violations: list) -> None:
+    jobs.records, jobs.inputs, jobs.counters = (LoopGuard(p, violations, jobs.inline_reads)
+                                                for p in (jobs.records, jobs.inputs, jobs.counters))
+
+
 def test_no_handler_calls_the_store_on_the_event_loop(tmp_path, tiny_model_dir, inpainter):
     violations: list[str] = []
     gate = threading.Event()
@@ -50,8 +55,7 @@ def test_no_handler_calls_the_store_on_the_event_loop(tmp_path, tiny_model_dir, 
                              lambda: SlowInpainter(inpainter, gate=gate))
     jobs = backend.jobs
     assert jobs.inline_reads  # SQLite in WAL mode, a read connection per thread: reads never wait on a writer
-    jobs.records, jobs.inputs, jobs.counters = (LoopGuard(p, violations, inline_reads=True)
-                                                for p in (jobs.records, jobs.inputs, jobs.counters))
+    guard_ports(jobs, violations)
     server = ApiServer(create_app(backend), free_port()).start()
     try:
         with httpx.Client(base_url=server.url, headers={"x-api-key": KEY_A}, timeout=60) as client:
@@ -118,8 +122,7 @@ def test_modal_handlers_make_no_store_call_on_the_event_loop(tmp_path, tiny_mode
     backend = build_modal(settings, dicts, spawn=spawner.spawn, call_from_id=spawner.from_id, gpu="L4")
     jobs = backend.jobs
     assert not jobs.inline_reads
-    jobs.records, jobs.inputs, jobs.counters = (LoopGuard(p, violations, inline_reads=False)
-                                                for p in (jobs.records, jobs.inputs, jobs.counters))
+    guard_ports(jobs, violations)
     server = ApiServer(create_app(backend), free_port()).start()
     try:
         with httpx.Client(base_url=server.url, headers={"x-api-key": KEY_A}, timeout=60) as client:

@@ -2,12 +2,11 @@
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
 from service.errors import ApiError
-from service.job_service import JobService
-from service.routes.deps import get_jobs
+from service.routes.deps import jobs_of
 
 router = APIRouter()
 PLAYGROUND_HTML = Path(__file__).resolve().parent.parent / "playground.html"
@@ -21,7 +20,8 @@ def playground():
 
 @router.get("/health", tags=["ops"], operation_id="health", summary="Service health",
             description="`status` is ok, loading or error; `queue_depth` counts jobs queued or running.")
-async def health(jobs: JobService = Depends(get_jobs)):
+async def health(request: Request):
+    jobs = jobs_of(request)
     dispatcher = jobs.dispatcher
     status = {"ready": "ok"}.get(dispatcher.state, dispatcher.state)
     if jobs.fault and status == "ok":
@@ -40,7 +40,8 @@ files_router = APIRouter()
 
 
 @files_router.get("/files/{request_id}/{token}/{name}", tags=["results"], include_in_schema=False)
-async def get_file(request_id: str, token: str, name: str, request: Request, jobs: JobService = Depends(get_jobs)):
+async def get_file(request_id: str, token: str, name: str, request: Request):
+    jobs = jobs_of(request)
     """Result files on local disk (embedded); the random token in the path is the credential."""
     record = await jobs.read(jobs.records.get, request_id)
     key = f"{request_id}/{token}/{name}"

@@ -3,7 +3,7 @@
 import base64
 import time
 
-from fastapi import APIRouter, Depends, Request, Security
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse, Response
 
 from schemas import MODEL_SLUG, ErrorBody, FailedBody, JobStatus, V1Base64Response, V1MultiResponse
@@ -11,7 +11,7 @@ from service.errors import ApiError
 from service.failures import v1_status
 from service.intake import accept
 from service.job_service import JobOutcome, JobService, run_blocking
-from service.routes.deps import base_url, caller, get_jobs
+from service.routes.deps import base_url, caller, jobs_of
 from service.routes.docs import ERRORS_DOC, REQUEST_BODY_DOC, SLUG_PARAM, V1_HEADERS
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -32,8 +32,8 @@ V1_RESPONSES = {
              summary="Run a job and wait for the image",
              description="Blocks until the image is ready (up to the deployment's v1 timeout, counted from the "
                          "moment the request arrived). Longer jobs: use v2.")
-async def run_v1(request: Request, slug: str = SLUG_PARAM, owner: str = Security(caller),
-                 jobs: JobService = Depends(get_jobs)):
+async def run_v1(request: Request, slug: str = SLUG_PARAM, owner: str = Security(caller)):
+    jobs = jobs_of(request)
     timeout = jobs.settings.v1_timeout_seconds
     deadline = time.monotonic() + timeout
     base = base_url(request)

@@ -8,7 +8,7 @@ from service.bodies import completed_body, failed_body
 from service.intake import accept
 from service.job_service import JobService, run_blocking
 from service.jobs import JobRecord
-from service.routes.deps import base_url, caller, get_jobs, owned_job
+from service.routes.deps import base_url, caller, jobs_of, owned_job
 from service.routes.docs import CREDITS_HEADER, ERRORS_DOC, REQUEST_BODY_DOC, REQUEST_ID_HEADER, REQUEST_LINKS, SLUG_PARAM
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -29,10 +29,9 @@ async def status_body(jobs: JobService, record: JobRecord) -> dict:
              summary="Submit a job", description="Queue a job and answer at once with its id and URLs to poll.",
              responses={200: {"model": SubmitResponse, "links": REQUEST_LINKS,
                               "headers": {**REQUEST_ID_HEADER, **CREDITS_HEADER}}, **ERRORS_DOC})
-async def submit_v2(request: Request, slug: str = SLUG_PARAM, owner: str = Security(caller),
-                    jobs: JobService = Depends(get_jobs)):
+async def submit_v2(request: Request, slug: str = SLUG_PARAM, owner: str = Security(caller)):
     base = base_url(request)
-    record, headers = await accept(request, slug, owner, jobs, base, sync=False)
+    record, headers = await accept(request, slug, owner, jobs_of(request), base, sync=False)
     body = SubmitResponse(request_id=record.id, status_url=f"{base}/v2/requests/{record.id}/status",
                           response_url=f"{base}/v2/requests/{record.id}",
                           cancel_url=f"{base}/v2/requests/{record.id}/cancel")
@@ -43,10 +42,11 @@ async def submit_v2(request: Request, slug: str = SLUG_PARAM, owner: str = Secur
             description="QUEUED (with `queue_position`, 0 = next), PROCESSING (with `progress`), COMPLETED, or "
                         "FAILED (HTTP 422). With `wait`, answers as soon as the status or progress changes.",
             responses={200: {"model": StatusBody}, **FAILED_DOC, **ERRORS_DOC})
-async def get_status(record: JobRecord = Depends(owned_job), jobs: JobService = Depends(get_jobs),
+async def get_status(request: Request, record: JobRecord = Depends(owned_job),
                      wait: float = Query(0, ge=0, le=MAX_LONG_POLL,
                                          description="extension: long-poll up to this many seconds for a change "
                                                      "of status or progress")):
+    jobs = jobs_of(request)
     if wait > 0 and not record.status.terminal:
         record = await jobs.wait_for_change(record, wait)
     if record.status == JobStatus.FAILED:
@@ -57,7 +57,8 @@ async def get_status(record: JobRecord = Depends(owned_job), jobs: JobService = 
 @router.get("/requests/{request_id}", operation_id="get_result", summary="Job result",
             description="The image URLs once COMPLETED; 202 with the status body before; 422 when FAILED.",
             responses={200: {"model": ResultBody}, 202: {"model": StatusBody}, **FAILED_DOC, **ERRORS_DOC})
-async def get_result(request: Request, record: JobRecord = Depends(owned_job), jobs: JobService = Depends(get_jobs)):
+async def get_result(request: Request, record: JobRecord = Depends(owned_job)):
+    jobs = jobs_of(request)
     if record.status == JobStatus.FAILED:
         return failed_response(record)
     if record.status != JobStatus.COMPLETED:
@@ -69,5 +70,5 @@ async def get_result(request: Request, record: JobRecord = Depends(owned_job), j
              description="A queued job never runs; a running one stops at its next denoising step. Either way "
                          "it then reads FAILED 'cancelled' and its credits are given back.",
              responses={200: {"model": CancelResponse}, **ERRORS_DOC})
-async def cancel(record: JobRecord = Depends(owned_job), jobs: JobService = Depends(get_jobs)) -> CancelResponse:
-    return await run_blocking(jobs.cancel, record)
+async def cancel(request: Request, record: JobRecord = Depends(owned_job)) -> CancelResponse:
+    return await run_blocking(jobs_of(request).cancel, record)
