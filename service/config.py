@@ -162,7 +162,7 @@ class DeployConfig(BaseSettings):
     min_containers: int = Field(0, ge=0)  # 0 = scale to zero
     max_containers: int = Field(4, ge=1)  # the cost cap: never more GPUs than this
     buffer_containers: int = Field(0, ge=0)  # warm spares while busy (cost!)
-    timeout: int = Field(600, ge=10, le=86400)  # per-job execution limit on the GPU
+    timeout: int = Field(600, ge=30, le=86400)  # per-job execution limit on the GPU (the job's own: this - 10 s)
     gpu_snapshot: bool = False  # experimental GPU memory snapshots
     web_max_inputs: int = Field(100, ge=1)  # concurrent requests per web container
     v1_timeout_seconds: float = Field(110.0, gt=0, lt=150)  # Modal web requests stop at 150 s, counted from arrival

@@ -60,12 +60,15 @@ def reap_stale(jobs: JobService, lease: float, now: float | None = None) -> int:
             handled += 1
             if status == JobStatus.QUEUED:
                 jobs.fail(job_id, Failure.UNAVAILABLE, f"no worker could run the job: {gone}")
-            elif record.attempts >= MAX_ATTEMPTS:
+            elif max(record.attempts, record.redispatches + 1) >= MAX_ATTEMPTS:
+                # redispatches bounds it too: an attempt claimed by a worker that died before recording it
+                # would otherwise be dispatched again forever
                 silence = f", silent for over {lease:g}s" if lease > 0 else ""
                 jobs.fail(job_id, Failure.WORKER_LOST,
                           f"the worker stopped responding while running this job (retried once{silence})")
             else:
                 log.warning("job %s: worker gone (%s); dispatching it again", job_id, gone)
+                jobs.records.update(job_id, redispatches=record.redispatches + 1)
                 jobs.dispatcher.redispatch(job_id)
     return handled
 
@@ -79,8 +82,9 @@ def expire_queued(jobs: JobService, now: float | None = None) -> int:
     for job_id in jobs.records.unfinished_ids(JobStatus.QUEUED):
         record = jobs.records.get(job_id)
         if record is not None and record.status == JobStatus.QUEUED and now - record.created_at > limit:
-            expired += jobs.fail(job_id, Failure.EXPIRED, f"expired in queue: not started within {limit:g}s") \
-                is not None
+            if jobs.fail(job_id, Failure.EXPIRED, f"expired in queue: not started within {limit:g}s"):
+                jobs.dispatcher.cancel(job_id)  # on Modal: no GPU container starts just to find it ended
+                expired += 1
     return expired
 
 

@@ -8,6 +8,7 @@ unless the caller's content was the cause, the webhook sent). Backends only stor
 
 import asyncio
 import logging
+from collections import OrderedDict
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 CANCEL_CHECK_INTERVAL = 0.5  # seconds between cancel-flag reads from the store while a job runs
 STORE_POLL_INTERVAL = 0.1  # long-poll cadence where the store cannot notify (Modal)
 MAX_ATTEMPTS = 2  # a job whose worker went silent is run once more, then FAILED
+MAX_LOCAL_CANCELS = 10_000
 
 
 @dataclass
@@ -70,7 +72,9 @@ class JobService:
         self.storage, self.dispatcher = storage, dispatcher
         self.changes = changes  # in-process notifications, when the store can give them (embedded)
         self.on_terminal = on_terminal  # e.g. webhook delivery; called once per job
-        self._cancelled_here: set[str] = set()  # cancels received by this process: checked for free
+        # Cancels received by this process, checked for free at every step. Bounded: on Modal the web tier
+        # never ends running jobs itself, so entries of cancelled running jobs are not removed by _ended.
+        self._cancelled_here: OrderedDict[str, None] = OrderedDict()
         self.fault: str | None = None  # the store's last write failure, until a write succeeds again (/health)
         # Reads that cost microseconds and never wait on a writer (SQLite in WAL mode, a connection per thread)
         # run on the event loop; a thread hop would cost more than the read. Writes, and every call to a
@@ -113,11 +117,16 @@ class JobService:
         try:
             self.inputs.put(record.id, image, mask)
             created = self.records.create(record, settings.max_queue_depth)
-        except StoreUnavailable as exc:
+        except Exception as exc:  # StoreUnavailable, or a networked store's own errors (Modal)
             self.fault = str(exc)
-            self.inputs.delete(record.id)
+            try:
+                self.inputs.delete(record.id)
+            except Exception:
+                log.warning("could not delete the inputs of refused request %s", record.id)
             self._give_back(record)
-            raise
+            if isinstance(exc, StoreUnavailable):
+                raise
+            raise StoreUnavailable(f"storing the job failed ({type(exc).__name__}: {exc})") from exc
         self.fault = None
         if not created:
             self.inputs.delete(record.id)
@@ -137,7 +146,7 @@ class JobService:
         try:
             refund_credits(self.counters, record)
             refund_daily(self.counters, record.samples, self.settings.daily_image_cap)
-        except StoreUnavailable:
+        except Exception:
             log.warning("could not give back the charges of refused request %s", record.id)
 
     # ---- reading ---------------------------------------------------------------------------
@@ -202,7 +211,9 @@ class JobService:
         if record.status.terminal:
             return CancelResponse(request_id=record.id, status=record.status.value,
                                   message="the job had already finished; nothing to cancel")
-        self._cancelled_here.add(record.id)
+        self._cancelled_here[record.id] = None
+        while len(self._cancelled_here) > MAX_LOCAL_CANCELS:
+            self._cancelled_here.popitem(last=False)
         self.records.request_cancel(record.id)
         if record.status == JobStatus.QUEUED and self.fail(record.id, Failure.CANCELLED, "cancelled"):
             self.dispatcher.cancel(record.id)
@@ -276,13 +287,16 @@ class JobService:
         return failed
 
     def _ended(self, record: JobRecord) -> None:
-        """What follows a job's end, run by the one caller that ended it."""
-        self._cancelled_here.discard(record.id)
-        self.inputs.delete(record.id)
+        """What follows a job's end, run by the one caller that ended it. Each step is attempted whatever the
+        others do: a failing store must not cost the caller their webhook."""
+        self._cancelled_here.pop(record.id, None)
+        steps = [("deleting the inputs", lambda: self.inputs.delete(record.id))]
         if record.status == JobStatus.FAILED and refunded(record.failure):
-            refund_credits(self.counters, record)
+            steps.append(("giving back the credits", lambda: refund_credits(self.counters, record)))
         if self.on_terminal is not None:
+            steps.append(("the end-of-job hook (webhook)", lambda: self.on_terminal(record)))
+        for what, step in steps:
             try:
-                self.on_terminal(record)
+                step()
             except Exception:
-                log.exception("job %s: the end-of-job hook failed", record.id)
+                log.exception("job %s: %s failed", record.id, what)

@@ -38,6 +38,7 @@ class JobRecord(BaseModel):
     progress_step: int | None = None
     progress_total: int | None = None
     heartbeat_at: float | None = None  # last sign of life from the worker running it
+    redispatches: int = 0  # times the housekeeping sent it to a worker again (bounded by MAX_ATTEMPTS)
     base_url: str = ""  # the public base URL at submission (for URLs in webhook bodies)
     webhook_url: str | None = None
 

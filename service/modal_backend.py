@@ -69,6 +69,9 @@ class DictRecords:
         self.dict.put(JOB + job_id, updated.model_dump_json())
         if updated.status != current.status:
             self.active.put(job_id, {"created_at": updated.created_at, "status": updated.status.value})
+            if self.dict.contains(FINAL + job_id):  # it ended between our read and our write: undo the entry
+                self.active.pop(job_id, None)
+                return None
         return updated
 
     def finish(self, job_id: str, **changes: Any) -> JobRecord | None:
@@ -78,8 +81,11 @@ class DictRecords:
             return None
         if not self.dict.put(FINAL + job_id, finished.model_dump_json(), skip_if_exists=True):
             return None  # another party ended it first
-        self.dict.put(JOB + job_id, finished.model_dump_json())  # later updates see it finished and stop
-        self.active.pop(job_id, None)
+        try:  # the job has ended; these only tidy up, and must not keep the caller from what follows an end
+            self.dict.put(JOB + job_id, finished.model_dump_json())  # later updates see it finished and stop
+            self.active.pop(job_id, None)
+        except Exception:
+            log.warning("job %s ended, but tidying its live record failed", job_id, exc_info=True)
         return finished
 
     def claim(self, name: str) -> bool:
@@ -89,7 +95,8 @@ class DictRecords:
         self.dict.put(CANCEL + job_id, True)
 
     def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.dict.get(CANCEL + job_id))
+        """True when the job should stop: cancelled, or already ended by someone else (e.g. expired)."""
+        return bool(self.dict.get(CANCEL + job_id)) or self.dict.contains(FINAL + job_id)
 
     def unfinished(self) -> int:
         return self.active.len()
@@ -126,20 +133,22 @@ class DictRecords:
 
 
 class DictInputs:
-    """InputBlobs in their own modal.Dict."""
+    """InputBlobs in their own modal.Dict, one entry per image (each up to INPUT_MAX_BYTES, 20 MiB by default)."""
 
     def __init__(self, inputs):
         self.dict = inputs
 
     def put(self, job_id: str, image: bytes, mask: bytes) -> None:
-        self.dict.put(job_id, (image, mask))
+        self.dict.put(f"{job_id}:image", image)
+        self.dict.put(f"{job_id}:mask", mask)
 
     def get(self, job_id: str) -> tuple[bytes, bytes] | None:
-        value = self.dict.get(job_id)
-        return (value[0], value[1]) if value else None
+        image, mask = self.dict.get(f"{job_id}:image"), self.dict.get(f"{job_id}:mask")
+        return (image, mask) if image is not None and mask is not None else None
 
     def delete(self, job_id: str) -> None:
-        self.dict.pop(job_id, None)
+        self.dict.pop(f"{job_id}:image", None)
+        self.dict.pop(f"{job_id}:mask", None)
 
 
 class DictCounters:

@@ -42,7 +42,8 @@ class JobRecords(Protocol):
 
     def request_cancel(self, job_id: str) -> None: ...
 
-    def cancel_requested(self, job_id: str) -> bool: ...
+    def cancel_requested(self, job_id: str) -> bool:
+        """Should a running job stop: cancelled, or already ended by another party."""
 
     def unfinished(self) -> int:
         """How many jobs are QUEUED or PROCESSING (one cheap call)."""

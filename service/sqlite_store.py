@@ -140,8 +140,9 @@ class SQLiteState:
         self.changes.notify(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
-        row = self._reader().execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return row is None or bool(row[0])
+        """True when the job should stop: cancelled, gone, or already ended by someone else (e.g. expired)."""
+        row = self._reader().execute("SELECT cancel, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row is None or bool(row[0]) or row[1] in ("COMPLETED", "FAILED")
 
     def _count_unfinished(self, db: sqlite3.Connection) -> int:
         row = db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')").fetchone()

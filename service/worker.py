@@ -214,7 +214,10 @@ class EmbeddedDispatcher:
             return False
 
     def _loop(self) -> None:
-        self._recover()  # here, not in start(): start() runs on the event loop, the store must not
+        try:
+            self._recover()  # here, not in start(): start() runs on the event loop, the store must not
+        except Exception:  # e.g. a full disk: the lease reaper handles what is left once the store works
+            log.exception("recovering the previous run's jobs failed; the housekeeping will retry them")
         loaded = self._load()
         while (job_id := self._queue.get()) is not None:
             self._dispatched.pop(job_id, None)

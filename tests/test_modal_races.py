@@ -357,3 +357,42 @@ def test_sweep_keeps_credit_counters_alive(deployment):
     keep_counters_alive(d.web.counters, [key_owner(KEY_A), key_owner("another")])
     assert counters.calls - before == 2  # one read each: a read counts as activity for Dict expiry
     assert d.credits_left() == BUDGET - 1  # and changes nothing
+
+
+def test_an_attempt_claimed_by_a_worker_that_died_before_recording_it_ends_bounded(deployment):
+    """The claim `attempt1` exists but the record never got attempts=1 (the container died between the two
+    Dict calls): every later copy finds the attempt taken. The sweep must not re-dispatch it forever."""
+    d = deployment()
+    d.gate.clear()
+    job_id = d.submit()
+    d.dicts["records"].get(f"call:{job_id}")
+    d.web.records.claim(f"attempt1:{job_id}")
+    d.web.records.update(job_id, status=JobStatus.PROCESSING, heartbeat_at=time.time() - 600)
+    d.gate.set()
+    for sweep in range(4):
+        for call in list(d.spawner.calls.values()):
+            try:
+                call.future.result(30)  # each copy finds the attempt taken and returns
+            except Exception:
+                pass
+        if d.web.records.get(job_id).status.terminal:
+            break
+        later = time.time() + 10_000 * (sweep + 1)
+        reap_stale(d._backend(spawn=d._spawn).jobs, lease=120, now=later)
+    record = d.web.records.get(job_id)
+    assert record.status == JobStatus.FAILED and record.failure == Failure.WORKER_LOST
+    assert d.webhooks == [job_id] and d.credits_left() == BUDGET and len(d.spawner.spawned) <= 3
+
+
+def test_a_store_error_at_submit_gives_the_charges_back(deployment):
+    from service.ports import StoreUnavailable
+
+    d = deployment()
+
+    def refuse(key, value, **kwargs):
+        raise modal.exception.RequestSizeError("too large")
+
+    d.dicts["inputs"].put = refuse
+    with pytest.raises(StoreUnavailable):
+        d.submit()
+    assert d.credits_left() == BUDGET and d.web.records.unfinished() == 0

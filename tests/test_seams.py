@@ -136,3 +136,21 @@ def test_modal_handlers_make_no_store_call_on_the_event_loop(tmp_path, tiny_mode
         server.stop()
         spawner.pool.shutdown(wait=True)
     assert violations == []
+
+
+def test_a_failing_refund_does_not_cost_the_webhook(tmp_path, tiny_model_dir):
+    from service.ports import StoreUnavailable
+
+    settings = make_settings(tmp_path, tiny_model_dir, key_credits={KEY_A: 5})
+    jobs = build_embedded(settings, lambda: None).jobs
+    ended = []
+    jobs.on_terminal = ended.append
+    record, _ = jobs.admit(key_owner(KEY_A), InpaintParams(prompt="p"), png_bytes(gradient_image()),
+                           png_bytes(box_mask()), "http://x")
+    def failing_modify(name, change):
+        raise StoreUnavailable("disk full")
+
+    jobs.counters = type("Broken", (), {"modify": staticmethod(failing_modify)})()
+    assert jobs.fail(record.id, Failure.INTERNAL, "boom") is not None
+    assert [r.id for r in ended] == [record.id]  # the webhook still goes out
+    assert jobs.inputs.get(record.id) is None
