@@ -11,7 +11,7 @@ from service.errors import ApiError
 from service.inputs import check_webhook_url, load_input
 from service.job_service import JobService, run_blocking
 from service.jobs import JobRecord
-from service.logs import log_event, redact_url
+from service.logs import redact_url
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -72,8 +72,8 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
     except TimeoutError:
         raise ApiError(504, "fetching the image and mask took longer than the request's time budget "
                             f"({settings.v1_timeout_seconds:g}s for v1); use smaller or faster inputs, or v2") from None
-    record, left = await run_blocking(jobs.admit, owner, inpaint.params(), image, mask, base_url)
+    record, left = await run_blocking(
+        lambda: jobs.admit(owner, inpaint.params(), image, mask, base_url, api="v1" if sync else "v2",
+                           image_from=redact_url(inpaint.image), mask_from=redact_url(inpaint.mask)))
     request.state.request_id = record.id
-    log_event("job", request_id=record.id, status="QUEUED", owner=owner, api="v1" if sync else "v2",
-              image=redact_url(inpaint.image), mask=redact_url(inpaint.mask), samples=inpaint.samples)
     return record, ({} if left is None else {"x-remaining-credits": str(left)})

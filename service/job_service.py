@@ -100,9 +100,10 @@ class JobService:
         return too_many(f"the queue is full ({self.settings.max_queue_depth} jobs waiting or running); "
                         f"retry shortly", 5, time.time())
 
-    def admit(self, owner: str, params: InpaintParams, image: bytes, mask: bytes,
-              base_url: str) -> tuple[JobRecord, int | None]:
-        """Charge, store and dispatch a validated request. Returns the record and the credits left (or None)."""
+    def admit(self, owner: str, params: InpaintParams, image: bytes, mask: bytes, base_url: str,
+              **log_fields: Any) -> tuple[JobRecord, int | None]:
+        """Charge, store and dispatch a validated request. Returns the record and the credits left (or None).
+        `log_fields` go into the job's QUEUED log line."""
         settings = self.settings
         spend_daily(self.counters, params.samples, settings.daily_image_cap)
         try:
@@ -132,6 +133,8 @@ class JobService:
             self.inputs.delete(record.id)
             self._give_back(record)
             raise self._queue_full()
+        # Logged before the dispatch, so it always precedes the worker's PROCESSING line.
+        log_event("job", request_id=record.id, status="QUEUED", owner=owner, samples=params.samples, **log_fields)
         try:
             self.dispatcher.submit(record.id)
         except Exception as exc:

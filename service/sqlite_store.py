@@ -40,12 +40,12 @@ CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 
 
 @contextmanager
-def unavailable_on_error(where: Path):
+def unavailable_on_error(where: Path, doing: str = "written"):
     """sqlite3/OS errors (disk full, file gone) become StoreUnavailable, with the reason in words."""
     try:
         yield
     except (sqlite3.OperationalError, sqlite3.DatabaseError, OSError) as exc:
-        raise StoreUnavailable(f"the job database at {where} cannot be written ({exc})") from exc
+        raise StoreUnavailable(f"the job database at {where} cannot be {doing} ({exc})") from exc
 
 
 class SQLiteState:
@@ -77,12 +77,16 @@ class SQLiteState:
                 raise
 
     def _reader(self) -> sqlite3.Connection:
-        """This thread's read-only connection."""
+        """This thread's read-only connection (mode=ro: a deleted database is an error, never a new empty file)."""
         db = getattr(self._readers, "db", None)
         if db is None:
-            db = self._readers.db = sqlite3.connect(str(self.path), isolation_level=None)
-            db.execute("PRAGMA query_only = 1")
+            with unavailable_on_error(self.path, "read"):
+                db = self._readers.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
         return db
+
+    def _select(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with unavailable_on_error(self.path, "read"):
+            return self._reader().execute(sql, args).fetchall()
 
     def _read(self, job_id: str, db: sqlite3.Connection | None = None) -> JobRecord | None:
         row = (db or self._db).execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -107,7 +111,8 @@ class SQLiteState:
         return self._transaction(insert)
 
     def get(self, job_id: str) -> JobRecord | None:
-        record = self._read(job_id, self._reader())
+        rows = self._select("SELECT doc FROM jobs WHERE id = ?", (job_id,))
+        record = JobRecord.model_validate_json(rows[0][0]) if rows else None
         return None if record is None or record.expired(time.time()) else record
 
     def _change(self, job_id: str, changes: dict[str, Any], final: bool) -> JobRecord | None:
@@ -141,32 +146,27 @@ class SQLiteState:
 
     def cancel_requested(self, job_id: str) -> bool:
         """True when the job should stop: cancelled, gone, or already ended by someone else (e.g. expired)."""
-        row = self._reader().execute("SELECT cancel, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return row is None or bool(row[0]) or row[1] in ("COMPLETED", "FAILED")
+        rows = self._select("SELECT cancel, status FROM jobs WHERE id = ?", (job_id,))
+        return not rows or bool(rows[0][0]) or rows[0][1] in ("COMPLETED", "FAILED")
 
     def _count_unfinished(self, db: sqlite3.Connection) -> int:
         row = db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')").fetchone()
         return int(row[0])
 
     def unfinished(self) -> int:
-        return self._count_unfinished(self._reader())
+        return int(self._select("SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')")[0][0])
 
     def queue_position(self, job_id: str) -> int:
-        row = self._reader().execute(
-            "SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND created_at < "
-            "(SELECT created_at FROM jobs WHERE id = ?)",
-            (job_id,),
-        ).fetchone()
-        return int(row[0])
+        rows = self._select("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND created_at < "
+                            "(SELECT created_at FROM jobs WHERE id = ?)", (job_id,))
+        return int(rows[0][0])
 
     def unfinished_ids(self, status: JobStatus) -> list[str]:
-        rows = self._reader().execute("SELECT id FROM jobs WHERE status = ? ORDER BY created_at",
-                                      (status.value,)).fetchall()
+        rows = self._select("SELECT id FROM jobs WHERE status = ? ORDER BY created_at", (status.value,))
         return [r[0] for r in rows]
 
     def expired(self, now: float) -> list[JobRecord]:
-        rows = self._reader().execute(
-            "SELECT doc FROM jobs WHERE expires_at <= ? AND status IN ('COMPLETED', 'FAILED')", (now,)).fetchall()
+        rows = self._select("SELECT doc FROM jobs WHERE expires_at <= ? AND status IN ('COMPLETED', 'FAILED')", (now,))
         return [JobRecord.model_validate_json(r[0]) for r in rows]
 
     def delete(self, job_id: str) -> None:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
 from service.errors import ApiError
+from service.ports import StoreUnavailable
 from service.routes.deps import jobs_of
 
 router = APIRouter()
@@ -24,6 +25,10 @@ async def health(request: Request):
     jobs = jobs_of(request)
     dispatcher = jobs.dispatcher
     status = {"ready": "ok"}.get(dispatcher.state, dispatcher.state)
+    try:
+        depth = await jobs.read(jobs.records.unfinished)
+    except StoreUnavailable as exc:
+        depth, jobs.fault = None, str(exc)
     if jobs.fault and status == "ok":
         status = "degraded"
     return {
@@ -31,7 +36,7 @@ async def health(request: Request):
         "model": jobs.settings.model_name,
         "demo": jobs.settings.demo,
         "device": dispatcher.device,
-        "queue_depth": await jobs.read(jobs.records.unfinished),
+        "queue_depth": depth,
         "error": dispatcher.error or jobs.fault,
     }
 
