@@ -19,7 +19,8 @@ and each attempt is a `claim:attempt<n>:<id>` (so two copies of one spawn never
 both run). Readers look at `final:` first.
 
 Counters are read-modify-write: concurrent web containers can let a few extra
-requests through a rate limit, never corrupt it. The queue cap reads len() then
+requests through a rate limit, and a spend racing a refund of the same key can
+lose one of the two updates (credits off by a job's samples), never corrupt them. The queue cap reads len() then
 creates: near the cap, concurrent containers can overshoot by their number.
 """
 
