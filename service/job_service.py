@@ -20,7 +20,7 @@ from service.config import Settings
 from service.errors import ApiError
 from service.failures import Failure, refunded
 from service.jobs import JobRecord
-from service.limits import check_rate, refund_credits, refund_daily, spend_credits, spend_daily
+from service.limits import check_rate, refund_credits, refund_daily, spend_credits, spend_daily, too_many
 from service.logs import log_event
 from service.ports import Counters, InputBlobs, JobRecords, StoreUnavailable
 from service.storage import ResultStorage
@@ -95,8 +95,6 @@ class JobService:
             raise self._queue_full()
 
     def _queue_full(self) -> ApiError:
-        from service.limits import too_many
-
         return too_many(f"the queue is full ({self.settings.max_queue_depth} jobs waiting or running); "
                         f"retry shortly", 5, time.time())
 
@@ -140,6 +138,7 @@ class JobService:
         except Exception as exc:
             log.exception("dispatching job %s failed", record.id)
             self.fail(record.id, Failure.UNAVAILABLE, f"the job could not be handed to a worker ({exc})")
+            refund_daily(self.counters, params.samples, settings.daily_image_cap)  # fail() gave the credits back
             raise ApiError(503, f"no worker could take the job right now ({type(exc).__name__}); "
                                 f"nothing was charged, retry shortly", headers={"Retry-After": "5"}) from None
         return record, left
