@@ -37,6 +37,7 @@ CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at);
 CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
+COUNT_UNFINISHED = "SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')"
 
 
 @contextmanager
@@ -88,8 +89,9 @@ class SQLiteState:
         with unavailable_on_error(self.path, "read"):
             return self._reader().execute(sql, args).fetchall()
 
-    def _read(self, job_id: str, db: sqlite3.Connection | None = None) -> JobRecord | None:
-        row = (db or self._db).execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def _read(self, job_id: str) -> JobRecord | None:
+        """The record through the writer's connection (callers hold the lock)."""
+        row = self._db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return JobRecord.model_validate_json(row[0]) if row else None
 
     def _write(self, record: JobRecord) -> None:
@@ -100,7 +102,7 @@ class SQLiteState:
 
     def create(self, record: JobRecord, max_unfinished: int = 0) -> bool:
         def insert() -> bool:
-            if max_unfinished > 0 and self._count_unfinished(self._db) >= max_unfinished:
+            if max_unfinished > 0 and self._count_unfinished() >= max_unfinished:
                 return False
             self._db.execute(
                 "INSERT INTO jobs (id, status, created_at, expires_at, doc) VALUES (?, ?, ?, ?, ?)",
@@ -149,12 +151,11 @@ class SQLiteState:
         rows = self._select("SELECT cancel, status FROM jobs WHERE id = ?", (job_id,))
         return not rows or bool(rows[0][0]) or rows[0][1] in ("COMPLETED", "FAILED")
 
-    def _count_unfinished(self, db: sqlite3.Connection) -> int:
-        row = db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')").fetchone()
-        return int(row[0])
+    def _count_unfinished(self) -> int:
+        return int(self._db.execute(COUNT_UNFINISHED).fetchone()[0])
 
     def unfinished(self) -> int:
-        return int(self._select("SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')")[0][0])
+        return int(self._select(COUNT_UNFINISHED)[0][0])
 
     def queue_position(self, job_id: str) -> int:
         rows = self._select("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND created_at < "

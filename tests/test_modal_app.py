@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import httpx
 import modal
 import pytest
 
@@ -17,8 +16,7 @@ from service.modal_backend import DictInputs, DictRecords
 from service.sqlite_store import FileInputs, SQLiteState
 from tests.conftest import REPO
 from tests.images import box_mask, gradient_image, png_bytes
-from tests.servers import KEY_A
-from tests.standins import StandInDict, standin_dicts
+from tests.standins import standin_dicts
 
 HEAVY = ("torch", "diffusers", "transformers", "xformers", "accelerate", "scipy", "torchsde")
 
