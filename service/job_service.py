@@ -7,6 +7,7 @@ unless the caller's content was the cause, the webhook sent). Backends only stor
 """
 
 import asyncio
+import io
 import logging
 from collections import OrderedDict
 import time
@@ -261,6 +262,15 @@ class JobService:
             return self.records.cancel_requested(job_id)
 
         return should_stop
+
+    def input_images(self, job_id: str) -> tuple[Any, Any] | None:
+        """The job's image and mask as PIL images (lazily decoded), or None when its inputs are gone."""
+        from PIL import Image
+
+        inputs = self.inputs.get(job_id)
+        if inputs is None:
+            return None
+        return Image.open(io.BytesIO(inputs[0])), Image.open(io.BytesIO(inputs[1]))
 
     def progress(self, job_id: str, step: int, total: int) -> None:
         self.records.update(job_id, progress_step=step, progress_total=total, heartbeat_at=time.time())

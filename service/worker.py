@@ -54,7 +54,7 @@ def run_job(job_id: str, jobs: JobService, inpainter: Any, timeout: float = 600.
     record = jobs.start(job_id)
     if record is None:
         return None
-    inputs = jobs.inputs.get(job_id)
+    inputs = jobs.input_images(job_id)
     if inputs is None:
         return JobOutcome(jobs.fail(job_id, Failure.INTERNAL, "job inputs are missing") or record)
 
@@ -78,8 +78,7 @@ def run_job(job_id: str, jobs: JobService, inpainter: Any, timeout: float = 600.
 
     try:
         params = InpaintParams.model_validate(record.params, strict=False)
-        output = inpainter.run(params, Image.open(io.BytesIO(inputs[0])), Image.open(io.BytesIO(inputs[1])),
-                               on_step=on_step)
+        output = inpainter.run(params, inputs[0], inputs[1], on_step=on_step)
         if output.any_blocked:
             return fail(Failure.BLOCKED, f"content blocked by the safety checker "
                                          f"({sum(output.blocked)} of {len(output.blocked)} images flagged)")
