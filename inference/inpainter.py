@@ -14,7 +14,7 @@ from PIL import Image
 from inference.compose import prepare
 from inference.pipeline import load_pipeline, optimize_for_gpu
 from inference.schedulers import SchedulerCache
-from schemas import InpaintParams
+from schemas import InpaintParams, batch_key
 from schemas.request import MAX_SEED
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Inpainter:
         self.pipe = load_pipeline(model_dir, device=device, dtype=dtype, safety_checker=safety_checker,
                                   xformers=xformers, compile_unet=compile_unet)
         self.device = str(self.pipe.device)
+        self._device_type = self.pipe.device.type  # pipe.device walks every module: look it up once
         self.feather_px = feather_px
         self.schedulers = SchedulerCache(self.pipe.scheduler.config)
         self._lock = threading.Lock()
@@ -74,6 +75,7 @@ class Inpainter:
         if self.compile_unet and device.startswith("cuda"):
             optimize_for_gpu(self.pipe)
         self.device = str(self.pipe.device)
+        self._device_type = self.pipe.device.type
         return self
 
     def run(
@@ -83,12 +85,27 @@ class Inpainter:
         mask: Image.Image,
         on_step: StepCallback | None = None,
     ) -> InpaintOutput:
-        width, height = request.img_width, request.img_height
-        feather_px = self.feather_px if request.mask_blur is None else request.mask_blur
-        job = prepare(image, mask, (width, height), original_size=request.original_size,
-                      only_masked=request.only_masked, padding=request.mask_padding, grow_px=request.mask_grow,
-                      feather_px=feather_px)
-        seeds = sample_seeds(request.seed, request.samples)
+        return self.run_batch([(request, image, mask)], on_step)[0]
+
+    def run_batch(
+        self,
+        items: list[tuple[InpaintParams, Image.Image, Image.Image]],
+        on_step: StepCallback | None = None,
+    ) -> list[InpaintOutput]:
+        """Run several requests in one pipeline call. They must share `batch_key` (size, steps, scheduler,
+        strength, guidance); prompts, seeds, samples and images may differ. One request alone takes exactly
+        the path it always took, so its bytes do not depend on whether batching is configured."""
+        first = items[0][0]
+        if any(batch_key(params) != batch_key(first) for params, _, _ in items):
+            raise ValueError("run_batch: the requests differ in size, steps, scheduler, strength or guidance")
+        width, height = first.img_width, first.img_height
+        jobs, seeds = [], []
+        for params, image, mask in items:
+            feather_px = self.feather_px if params.mask_blur is None else params.mask_blur
+            jobs.append(prepare(image, mask, (width, height), original_size=params.original_size,
+                                only_masked=params.only_masked, padding=params.mask_padding,
+                                grow_px=params.mask_grow, feather_px=feather_px))
+            seeds.append(sample_seeds(params.seed, params.samples))
         steps_run = 0
 
         def step_end(pipe, step_index, timestep, callback_kwargs):
@@ -98,32 +115,33 @@ class Inpainter:
                 on_step(steps_run, pipe.num_timesteps)
             return callback_kwargs
 
+        if len(items) == 1:  # num_images_per_prompt: the single request's call, unchanged
+            call = dict(prompt=first.prompt, negative_prompt=first.negative_prompt or None,
+                        image=jobs[0].model_image, mask_image=jobs[0].model_mask, num_images_per_prompt=first.samples)
+        else:  # one row per image: each request's prompt, image and mask repeated for its samples
+            rows = [(params, job) for (params, _, _), job in zip(items, jobs) for _ in range(params.samples)]
+            call = dict(prompt=[p.prompt for p, _ in rows], negative_prompt=[p.negative_prompt for p, _ in rows],
+                        image=[j.model_image for _, j in rows], mask_image=[j.model_mask for _, j in rows],
+                        num_images_per_prompt=1)
         with self._lock:
-            self.pipe.scheduler = self.schedulers.get(request.scheduler)
-            generators = [torch.Generator(device=self.pipe.device.type).manual_seed(s) for s in seeds]
+            self.pipe.scheduler = self.schedulers.get(first.scheduler)
+            generators = [torch.Generator(device=self._device_type).manual_seed(s) for job_seeds in seeds
+                          for s in job_seeds]
             started = time.perf_counter()
-            result = self.pipe(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt or None,
-                image=job.model_image,
-                mask_image=job.model_mask,
-                height=height,
-                width=width,
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                strength=request.strength,
-                num_images_per_prompt=request.samples,
-                generator=generators,
-                callback_on_step_end=step_end,
-            )
+            result = self.pipe(**call, height=height, width=width, num_inference_steps=first.num_inference_steps,
+                               guidance_scale=first.guidance_scale, strength=first.strength, generator=generators,
+                               callback_on_step_end=step_end)
             elapsed = time.perf_counter() - started
 
-        blocked = [bool(flag) for flag in (result.nsfw_content_detected or [False] * len(result.images))]
-        images = [job.stitch(generated) for generated in result.images]
-        log.info(
-            "inpainted %dx%d (box %s of %dx%d, output %dx%d) samples=%d scheduler=%s steps=%d in %.3fs%s",
-            width, height, job.box, *job.base.size, *job.output_size, request.samples, request.scheduler,
-            steps_run, elapsed,
-            " (blocked by safety checker)" if any(blocked) else "",
-        )
-        return InpaintOutput(images=images, seeds=seeds, inference_time=elapsed, steps_run=steps_run, blocked=blocked)
+        flags = [bool(flag) for flag in (result.nsfw_content_detected or [False] * len(result.images))]
+        outputs, at = [], 0
+        for (params, _, _), job, job_seeds in zip(items, jobs, seeds):
+            generated, blocked = result.images[at:at + params.samples], flags[at:at + params.samples]
+            at += params.samples
+            outputs.append(InpaintOutput(images=[job.stitch(g) for g in generated], seeds=job_seeds,
+                                         inference_time=elapsed, steps_run=steps_run, blocked=blocked))
+            log.info("inpainted %dx%d (box %s of %dx%d, output %dx%d) samples=%d scheduler=%s steps=%d "
+                     "batch=%d in %.3fs%s", width, height, job.box, *job.base.size, *job.output_size,
+                     params.samples, params.scheduler, steps_run, len(items), elapsed,
+                     " (blocked by safety checker)" if any(blocked) else "")
+        return outputs

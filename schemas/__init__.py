@@ -5,6 +5,7 @@ from schemas.request import (
     SCHEDULERS,
     InpaintParams,
     InpaintRequest,
+    batch_key,
     describe_validation_error,
 )
 from schemas.responses import (
@@ -18,6 +19,8 @@ from schemas.responses import (
     ResultBody,
     StatusBody,
     SubmitResponse,
+    UsageDay,
+    UsageResponse,
     V1Base64Response,
     V1MultiResponse,
 )
@@ -27,6 +30,7 @@ __all__ = [
     "SCHEDULERS",
     "InpaintParams",
     "InpaintRequest",
+    "batch_key",
     "describe_validation_error",
     "CancelResponse",
     "ErrorBody",
@@ -38,6 +42,8 @@ __all__ = [
     "ResultBody",
     "StatusBody",
     "SubmitResponse",
+    "UsageDay",
+    "UsageResponse",
     "V1Base64Response",
     "V1MultiResponse",
 ]

@@ -75,6 +75,13 @@ class InpaintParams(BaseModel):
                     f"keep the input's exact values.")
 
 
+def batch_key(params: InpaintParams) -> tuple:
+    """What must be equal for requests to share one pipeline call (dynamic batching); prompts, seeds,
+    samples, images and the pre/post-processing options may differ."""
+    return (params.img_width, params.img_height, params.num_inference_steps, params.scheduler, params.strength,
+            params.guidance_scale)
+
+
 class InpaintRequest(InpaintParams):
     """One inpainting request as sent over HTTP. Unknown keys and wrong types are refused (strict)."""
 

@@ -33,6 +33,16 @@ class Metrics(BaseModel):
     inference_time: float | None = Field(None, description="Seconds spent in the denoising pipeline.")
     queue_time: float | None = Field(None, description="Seconds between submit and start.")
     total_time: float | None = Field(None, description="Seconds between submit and finish.")
+    gpu_seconds: float | None = Field(
+        None, description="Extension: this job's share of the worker's busy time (the model call, shared by "
+                          "image count when batched, plus encoding and storing its results).")
+    cost_usd: float | None = Field(
+        None, description="Extension: gpu_seconds at the deployment's price per GPU second (null when the "
+                          "deployment sets no GPU type, e.g. on CPU). Idle and cold-start time are not in it.")
+    batch_size: int | None = Field(None, description="Extension: jobs in the pipeline call this job ran in.")
+    cold_start_time: float | None = Field(
+        None, description="Extension: seconds of model loading this job waited for (only jobs that started "
+                          "a worker); part of queue_time.")
 
 
 class Progress(BaseModel):
@@ -88,6 +98,18 @@ class FailedBody(BaseModel):
     failure: str | None = Field(None, description="Why, as a stable code: cancelled, blocked, timed_out, "
                                                   "storage, unavailable, worker_lost, expired, internal.")
     metrics: Metrics = Field(default_factory=Metrics)
+
+
+class UsageDay(BaseModel):
+    date: str = Field(description="UTC day, YYYY-MM-DD (jobs count on the day they ended).")
+    jobs: int = Field(description="Jobs that used the GPU (completed, or failed after running).")
+    images: int = Field(description="Images delivered.")
+    gpu_seconds: float = Field(description="Sum of the jobs' metrics.gpu_seconds.")
+    cost_usd: float = Field(description="Sum of the jobs' metrics.cost_usd (0 when no GPU type is set).")
+
+
+class UsageResponse(BaseModel):
+    days: list[UsageDay] = Field(description="Newest first, one entry per day, zeros included.")
 
 
 class CancelResponse(BaseModel):

@@ -82,7 +82,8 @@ def build_embedded(settings: Settings, make_inpainter: Callable[[], Any] | None 
     storage = make_storage(settings)
     dispatcher = EmbeddedDispatcher(make_inpainter or inpainter_factory(settings),
                                     shutdown_grace=settings.shutdown_grace_seconds,
-                                    job_timeout=settings.job_timeout_seconds)
+                                    job_timeout=settings.job_timeout_seconds,
+                                    batch_max_images=settings.batch_max_images, batch_wait_ms=settings.batch_wait_ms)
     if not settings.webhook_secret:
         settings.webhook_secret = persisted_secret(settings, "webhook_secret", new_secret)
     webhooks = WebhookSender(storage, settings.webhook_secret, settings.allow_private_urls,
@@ -104,7 +105,7 @@ def build_modal(settings: Settings, dicts: dict[str, Any], spawn: Callable[[str]
     from service.modal_backend import DictCounters, DictInputs, DictRecords, ModalDispatcher
 
     records = DictRecords(dicts["records"], dicts["active"])
-    dispatcher = ModalDispatcher(records, spawn, call_from_id, gpu)
+    dispatcher = ModalDispatcher(records, spawn, call_from_id, gpu, batched=settings.batch_max_images > 1)
     jobs = JobService(settings, records, DictInputs(dicts["inputs"]), DictCounters(dicts["counters"]),
                       make_storage(settings), dispatcher, on_terminal=on_terminal)
     return Backend(settings, jobs)

@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     xformers: bool = False
     torch_compile: bool = False  # channels_last + fused QKV + torch.compile of the UNet (CUDA only)
     feather_px: int = Field(4, ge=0, le=64)
+    # Dynamic batching: up to this many single-image jobs of the same size, steps, scheduler, strength and
+    # guidance share one pipeline call; the worker waits at most batch_wait_ms for company. 1 = off.
+    batch_max_images: int = Field(1, ge=1, le=16)
+    batch_wait_ms: float = Field(10.0, ge=0, le=1000)
+    # The GPU this deployment pays for (a Modal GPU type such as L4 or H100): prices each job's GPU seconds
+    # in metrics.cost_usd (prices in service/pricing.py; override with GPU_PRICE_PER_SECOND). Unset: no cost.
+    gpu_type: str | None = None
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -138,6 +145,15 @@ class Settings(BaseSettings):
             if owner_of(key) == key_owner:
                 return budget
         return self.default_key_credits
+
+    @field_validator("gpu_type", mode="before")
+    @classmethod
+    def _known_gpu(cls, value):
+        from service.pricing import price_per_second
+
+        if value:
+            price_per_second(value)  # a GPU type without a price is refused at start-up, with the known ones
+        return value or None
 
     @field_validator("public_base_url", "s3_public_base_url", "s3_endpoint_url", "s3_bucket", "s3_region",
                      mode="before")
@@ -176,3 +192,6 @@ class DeployConfig(BaseSettings):
     s3_secret: str = "inpaint-s3"
     webhook_secret: str = "inpaint-webhooks"
     sweep_minutes: int = Field(5, ge=1)
+    # Dynamic batching on the GPU class (modal.batched): off (1) until a GPU measurement shows it pays.
+    batch_max_images: int = Field(1, ge=1, le=16)
+    batch_wait_ms: int = Field(10, ge=0, le=1000)

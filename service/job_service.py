@@ -21,7 +21,9 @@ from service.config import Settings
 from service.errors import ApiError
 from service.failures import Failure, refunded
 from service.jobs import JobRecord
-from service.limits import check_rate, refund_credits, refund_daily, spend_credits, spend_daily, too_many
+from service import pricing
+from service.limits import (add_usage, check_rate, daily_usage, refund_credits, refund_daily, spend_credits,
+                            spend_daily, too_many)
 from service.logs import log_event
 from service.ports import Counters, InputBlobs, JobRecords, StoreUnavailable
 from service.storage import ResultStorage
@@ -81,6 +83,7 @@ class JobService:
         # run on the event loop; a thread hop would cost more than the read. Writes, and every call to a
         # networked store (Modal), go through run_blocking.
         self.inline_reads = inline_reads
+        self._prices = pricing.price_table()  # list prices updated from GPU_PRICE_PER_SECOND, read once
 
     async def read(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run a read-only store call from a handler: inline where reads are cheap, else off the loop."""
@@ -208,6 +211,10 @@ class JobService:
             return JobOutcome(record) if record is not None and record.status.terminal else None
         return outcome
 
+    def usage(self, owner: str, days: int) -> list[dict[str, Any]]:
+        """The key's usage per UTC day, newest first, for the last `days` days (today included)."""
+        return daily_usage(self.counters, owner, days)
+
     # ---- cancel (web tier) -----------------------------------------------------------------
 
     def cancel(self, record: JobRecord) -> CancelResponse:
@@ -275,6 +282,12 @@ class JobService:
     def progress(self, job_id: str, step: int, total: int) -> None:
         self.records.update(job_id, progress_step=step, progress_total=total, heartbeat_at=time.time())
 
+    def usage_fields(self, gpu_seconds: float, batch_size: int, cold_start: float | None) -> dict[str, Any]:
+        """What a job that ran records about its use of the GPU, priced at GPU_TYPE's rate."""
+        gpu = self.settings.gpu_type
+        return {"gpu_seconds": gpu_seconds, "batch_size": batch_size, "cold_start_time": cold_start,
+                "cost_usd": pricing.job_cost(gpu_seconds, gpu, self._prices) if gpu else None}
+
     def _end_fields(self) -> dict[str, float]:
         now = time.time()  # results live for the TTL from the job's end, however long it queued or ran
         return {"finished_at": now, "expires_at": now + self.settings.result_ttl_seconds}
@@ -288,10 +301,11 @@ class JobService:
             self._ended(done)
         return done
 
-    def fail(self, job_id: str, failure: Failure, message: str) -> JobRecord | None:
-        """FAILED with `message`, exactly once: None when the job had already ended."""
+    def fail(self, job_id: str, failure: Failure, message: str, **usage: Any) -> JobRecord | None:
+        """FAILED with `message`, exactly once: None when the job had already ended. `usage`: usage_fields()
+        of a job that used the GPU before it failed."""
         failed = self.records.finish(job_id, status=JobStatus.FAILED, failure=failure, error=message,
-                                     **self._end_fields())
+                                     **self._end_fields(), **usage)
         self.fault = None
         if failed is not None:
             log_event("job", request_id=job_id, status="FAILED", failure=failure.value, error=message)
@@ -303,6 +317,8 @@ class JobService:
         others do: a failing store must not cost the caller their webhook."""
         self._cancelled_here.pop(record.id, None)
         steps = [("deleting the inputs", lambda: self.inputs.delete(record.id))]
+        if record.gpu_seconds is not None:
+            steps.append(("adding to the key's daily usage", lambda: add_usage(self.counters, record)))
         if record.status == JobStatus.FAILED and refunded(record.failure):
             steps.append(("giving back the credits", lambda: refund_credits(self.counters, record)))
         if self.on_terminal is not None:

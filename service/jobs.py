@@ -34,7 +34,11 @@ class JobRecord(BaseModel):
     failure: Failure | None = None
     images: list[StoredImage] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=list)
-    inference_time: float | None = None
+    inference_time: float | None = None  # the pipeline call (a batch's call, when the job ran in one)
+    gpu_seconds: float | None = None  # this job's share of the worker's busy time (model call + storing)
+    cost_usd: float | None = None  # gpu_seconds at the configured price of GPU_TYPE (None when unset)
+    batch_size: int | None = None  # jobs in the pipeline call this job ran in
+    cold_start_time: float | None = None  # seconds of model loading this job waited for (first jobs only)
     progress_step: int | None = None
     progress_total: int | None = None
     heartbeat_at: float | None = None  # last sign of life from the worker running it
@@ -51,14 +55,22 @@ class JobRecord(BaseModel):
     def samples(self) -> int:
         return int(self.params.get("samples", 1))
 
-    def metrics(self) -> dict[str, float | None]:
+    def metrics(self) -> dict[str, float | int | None]:
         queue_time = (self.started_at - self.created_at) if self.started_at else None
         total_time = (self.finished_at - self.created_at) if self.finished_at else None
         return {
-            "inference_time": round(self.inference_time, 4) if self.inference_time is not None else None,
-            "queue_time": round(queue_time, 4) if queue_time is not None else None,
-            "total_time": round(total_time, 4) if total_time is not None else None,
+            "inference_time": _round(self.inference_time),
+            "queue_time": _round(queue_time),
+            "total_time": _round(total_time),
+            "gpu_seconds": _round(self.gpu_seconds),
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
+            "batch_size": self.batch_size,
+            "cold_start_time": _round(self.cold_start_time),
         }
+
+
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)
 
 
 def apply_changes(record: JobRecord, changes: dict[str, Any]) -> JobRecord | None:

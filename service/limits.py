@@ -1,4 +1,4 @@
-"""Rate limits, credit budgets and the daily image cap (the queue cap is in the job service).
+"""Rate limits, credit budgets, the daily image cap, and what each key used per day (GPU seconds, cost).
 
 State lives in the Counters port (`counters.modify`), so the limits hold across
 processes: one SQLite file locally, a modal.Dict across Modal web containers.
@@ -101,3 +101,36 @@ def refund_daily(counters: Counters, images: int, cap: int, now: float | None = 
     day = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
     counters.modify(f"daily:{day:%Y-%m-%d}",
                     lambda doc: (None, None) if doc is None else ({"images": max(0, doc["images"] - images)}, None))
+
+
+def _day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
+
+
+def add_usage(counters: Counters, record: JobRecord) -> None:
+    """Count a job that used the GPU into its key's usage for the UTC day it ended: jobs, images delivered,
+    GPU seconds and their cost. Failed jobs count their GPU seconds and cost but no images."""
+    images = len(record.images)
+
+    def add(doc):
+        doc = dict(doc or {"jobs": 0, "images": 0, "gpu_seconds": 0.0, "cost_usd": 0.0})
+        doc["jobs"] += 1
+        doc["images"] += images
+        doc["gpu_seconds"] += record.gpu_seconds or 0.0
+        doc["cost_usd"] += record.cost_usd or 0.0
+        return doc, None
+
+    counters.modify(f"usage:{record.owner}:{_day(record.finished_at or time.time())}", add)
+
+
+def daily_usage(counters: Counters, owner: str, days: int, now: float | None = None) -> list[dict]:
+    """The key's usage per UTC day, newest first: `days` entries, zeros for days without jobs."""
+    now = time.time() if now is None else now
+    out = []
+    for back in range(days):
+        day = _day(now - back * 86400)
+        doc = counters.modify(f"usage:{owner}:{day}", lambda doc: (None, doc)) or {}
+        out.append({"date": day, "jobs": doc.get("jobs", 0), "images": doc.get("images", 0),
+                    "gpu_seconds": round(doc.get("gpu_seconds", 0.0), 4),
+                    "cost_usd": round(doc.get("cost_usd", 0.0), 8)})
+    return out

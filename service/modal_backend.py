@@ -190,11 +190,15 @@ class ModalDispatcher:
     error = None
 
     def __init__(self, records: DictRecords, spawn: Callable[[str], Any], call_from_id: Callable[[str], Any],
-                 gpu: str):
+                 gpu: str, batched: bool = False):
         self.records = records
         self.spawn = spawn
         self.call_from_id = call_from_id
         self.device = f"modal:{gpu}"
+        # With modal.batched, cancelling one input's FunctionCall cancels the whole batch it runs in (Modal
+        # cancels the container's input context, which holds every input of the batch), so calls are never
+        # cancelled: a cancelled job's input still reaches a container, finds the job ended and returns at once.
+        self.batched = batched
 
     def submit(self, job_id: str) -> None:
         call = self.spawn(job_id)
@@ -209,6 +213,8 @@ class ModalDispatcher:
         self.submit(job_id)
 
     def cancel(self, job_id: str) -> None:
+        if self.batched:
+            return
         call = self._call(job_id)
         if call is not None:
             try:

@@ -11,14 +11,15 @@ import queue
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from PIL import Image
 
-from schemas import InpaintParams, JobStatus
+from schemas import InpaintParams, JobStatus, batch_key
 from service.failures import Failure
 from service.job_service import JobOutcome, JobService
-from service.jobs import StoredImage
+from service.jobs import JobRecord, StoredImage
 from service.ports import StoreUnavailable
 from service.storage import StorageError
 
@@ -48,72 +49,166 @@ def encode_image(image: Image.Image, output_format: str) -> tuple[bytes, str]:
     return buf.getvalue(), CONTENT_TYPES[output_format]
 
 
+@dataclass
+class _Job:
+    """One job of a group being run: its record, request and inputs, and how it ended (once it has)."""
+    id: str
+    record: JobRecord
+    params: InpaintParams
+    image: Any
+    mask: Any
+    should_stop: Callable[[], bool]
+    outcome: JobOutcome | None = None
+    last_progress: float = 0.0
+
+
 def run_job(job_id: str, jobs: JobService, inpainter: Any, timeout: float = 600.0) -> JobOutcome | None:
     """Run one job to COMPLETED or FAILED (FAILED "timed out" past `timeout` seconds of running).
     Returns None when there was nothing to run here (unknown, finished, or running elsewhere)."""
-    record = jobs.start(job_id)
-    if record is None:
-        return None
-    inputs = jobs.input_images(job_id)
-    if inputs is None:
-        return JobOutcome(jobs.fail(job_id, Failure.INTERNAL, "job inputs are missing") or record)
+    return run_jobs([job_id], jobs, inpainter, timeout)[job_id]
 
+
+def run_jobs(job_ids: list[str], jobs: JobService, inpainter: Any, timeout: float = 600.0, max_images: int = 1,
+             cold_start: float | None = None) -> dict[str, JobOutcome | None]:
+    """Run jobs to COMPLETED or FAILED; the outcome per id (None: nothing to run here). With max_images > 1,
+    single-image jobs that share `batch_key` run together in one pipeline call of up to max_images images;
+    the rest run one by one. `cold_start`: seconds of model loading the jobs waited for (shown in metrics)."""
+    outcomes: dict[str, JobOutcome | None] = {job_id: None for job_id in job_ids}
+    started: list[_Job] = []
+    for job_id in job_ids:
+        record = jobs.start(job_id)
+        if record is None:
+            continue
+        try:
+            images = jobs.input_images(job_id)
+            params = InpaintParams.model_validate(record.params, strict=False)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # unreadable stored inputs or request: this job fails, the others run
+            log.exception("job %s: its stored inputs cannot be read", job_id)
+            outcomes[job_id] = JobOutcome(jobs.fail(job_id, Failure.INTERNAL, f"the job's stored inputs cannot "
+                                                    f"be read ({type(exc).__name__})") or record)
+            continue
+        if images is None:
+            outcomes[job_id] = JobOutcome(jobs.fail(job_id, Failure.INTERNAL, "job inputs are missing") or record)
+            continue
+        started.append(_Job(job_id, record, params, images[0], images[1], jobs.cancel_check(job_id)))
+    for group in _groups(started, max_images):
+        _run_group(group, jobs, inpainter, timeout, cold_start)
+        outcomes.update({job.id: job.outcome for job in group})
+    return outcomes
+
+
+def _groups(started: list[_Job], max_images: int) -> list[list[_Job]]:
+    """Single-image jobs with the same batch_key together (in arrival order, at most max_images per group);
+    multi-sample jobs alone: they are a batch already, and alone their seeds give the same bytes every time."""
+    groups: list[list[_Job]] = []
+    open_groups: dict[tuple, list[_Job]] = {}
+    for job in started:
+        if max_images <= 1 or job.params.samples > 1:
+            groups.append([job])
+            continue
+        key = batch_key(job.params)
+        group = open_groups.get(key)
+        if group is None or len(group) >= max_images:
+            group = open_groups[key] = []
+            groups.append(group)
+        group.append(job)
+    return groups
+
+
+def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: float,
+               cold_start: float | None) -> None:
+    """One pipeline call for the group. Cancelling one job ends only that job (its images are dropped when the
+    call returns); the call stops early only when every job of the group has ended."""
     run_started = time.monotonic()
-    last_write = 0.0
-    should_stop = jobs.cancel_check(job_id)
+    total_images = sum(job.params.samples for job in group)
+
+    def live() -> list[_Job]:
+        return [job for job in group if job.outcome is None]
+
+    def gpu_share(job: _Job, seconds: float) -> float:
+        return seconds * job.params.samples / total_images
+
+    def end(job: _Job, failure: Failure, message: str, busy: float | None = None) -> None:
+        extra = jobs.usage_fields(gpu_share(job, busy), len(group), cold_start) if busy is not None else {}
+        job.outcome = JobOutcome(jobs.fail(job.id, failure, message, **extra) or jobs.records.get(job.id)
+                                 or job.record)
 
     def on_step(step: int, total: int) -> None:
-        nonlocal last_write
-        if should_stop():
-            raise Cancelled()
         now = time.monotonic()
+        for job in live():
+            if job.should_stop():
+                end(job, Failure.CANCELLED, "cancelled", busy=now - run_started)
+        if not live():
+            raise Cancelled()
         if now - run_started > timeout:
             raise TimedOut()
-        if now - last_write >= PROGRESS_WRITE_INTERVAL or step == total:
-            last_write = now
-            jobs.progress(job_id, step, total)
-
-    def fail(failure: Failure, message: str) -> JobOutcome:
-        return JobOutcome(jobs.fail(job_id, failure, message) or jobs.records.get(job_id) or record)
+        for job in live():
+            if now - job.last_progress >= PROGRESS_WRITE_INTERVAL or step == total:
+                job.last_progress = now
+                jobs.progress(job.id, step, total)
 
     try:
-        params = InpaintParams.model_validate(record.params, strict=False)
-        output = inpainter.run(params, inputs[0], inputs[1], on_step=on_step)
-        if output.any_blocked:
-            return fail(Failure.BLOCKED, f"content blocked by the safety checker "
-                                         f"({sum(output.blocked)} of {len(output.blocked)} images flagged)")
-        return _store_results(job_id, jobs, params, output)
+        if len(group) == 1:
+            outputs = [inpainter.run(group[0].params, group[0].image, group[0].mask, on_step=on_step)]
+        else:
+            outputs = inpainter.run_batch([(job.params, job.image, job.mask) for job in group], on_step=on_step)
+        busy = time.monotonic() - run_started
+        for job, output in zip(group, outputs):
+            if job.outcome is not None:  # cancelled during the call: its images are dropped
+                continue
+            if output.any_blocked:
+                end(job, Failure.BLOCKED, f"content blocked by the safety checker "
+                                          f"({sum(output.blocked)} of {len(output.blocked)} images flagged)", busy)
+                continue
+            stored_from = time.monotonic()
+            try:
+                job.outcome = _store_results(job, jobs, output, lambda: gpu_share(job, busy) + time.monotonic()
+                                             - stored_from, len(group), cold_start)
+            except StorageError as exc:
+                end(job, Failure.STORAGE, f"storing the result failed: {exc}", busy)
     except Cancelled:
-        return fail(Failure.CANCELLED, "cancelled")
+        pass  # every job of the group has ended already
     except TimedOut:
-        return fail(Failure.TIMED_OUT, f"timed out after {timeout:g}s")
-    except StorageError as exc:
-        return fail(Failure.STORAGE, f"storing the result failed: {exc}")
+        for job in live():
+            end(job, Failure.TIMED_OUT, f"timed out after {timeout:g}s", time.monotonic() - run_started)
     except Exception as exc:
-        log.exception("job %s crashed", job_id)
-        return fail(Failure.INTERNAL, f"internal error while running the job ({type(exc).__name__})")
+        if len(live()) > 1:  # one job's bad input must not fail its batch-mates: each runs again alone
+            log.warning("a batch of %d jobs failed (%s: %s); running its jobs one by one", len(live()),
+                        type(exc).__name__, exc)
+            for job in live():
+                _run_group([job], jobs, inpainter, timeout, cold_start)
+            return
+        log.exception("job %s crashed", ", ".join(job.id for job in live()))
+        for job in live():
+            end(job, Failure.INTERNAL, f"internal error while running the job ({type(exc).__name__})")
     except BaseException:
-        # Not an error of the job: Modal's FunctionCall.cancel (InputCancellation) or the process stopping.
-        # A cancel ends the job here; anything else leaves it to be retried (restart recovery, lease reaper).
-        if jobs.records.cancel_requested(job_id):
-            jobs.fail(job_id, Failure.CANCELLED, "cancelled")
+        # Not an error of the jobs: Modal's FunctionCall.cancel (InputCancellation) or the process stopping.
+        # A cancel ends a job here; anything else leaves it to be retried (restart recovery, lease reaper).
+        for job in live():
+            if jobs.records.cancel_requested(job.id):
+                jobs.fail(job.id, Failure.CANCELLED, "cancelled")
         raise
 
 
-def _store_results(job_id: str, jobs: JobService, params: InpaintParams, output) -> JobOutcome:
+def _store_results(job: _Job, jobs: JobService, output, gpu_seconds: Callable[[], float], batch_size: int,
+                   cold_start: float | None) -> JobOutcome | None:
     token = secrets.token_urlsafe(18)
     stored, files = [], []
+    output_format = job.params.output_format
     for index, (picture, seed) in enumerate(zip(output.images, output.seeds)):
-        data, content_type = encode_image(picture, params.output_format)
-        key = f"{job_id}/{token}/{index}.{params.output_format}"
+        data, content_type = encode_image(picture, output_format)
+        key = f"{job.id}/{token}/{index}.{output_format}"
         jobs.storage.put(key, data, content_type)
         stored.append(StoredImage(key=key, content_type=content_type, file_size=len(data), seed=seed))
         files.append((data, content_type))
-    done = jobs.complete(job_id, inference_time=output.inference_time, images=stored, seeds=output.seeds,
-                         progress_step=output.steps_run, progress_total=output.steps_run)
+    done = jobs.complete(job.id, inference_time=output.inference_time, images=stored, seeds=output.seeds,
+                         progress_step=output.steps_run, progress_total=output.steps_run,
+                         **jobs.usage_fields(gpu_seconds(), batch_size, cold_start))
     if done is None:  # it ended meanwhile (cancelled, reaped): the stored files are orphans
         jobs.storage.delete([s.key for s in stored])
-        current = jobs.records.get(job_id)
+        current = jobs.records.get(job.id)
         return JobOutcome(current) if current else None
     return JobOutcome(done, files)
 
@@ -122,10 +217,12 @@ class EmbeddedDispatcher:
     """One worker thread over a persistent queue (the job store); one job at a time per model instance."""
 
     def __init__(self, inpainter_factory: Callable[[], Any], shutdown_grace: float = 10.0,
-                 job_timeout: float = 600.0):
+                 job_timeout: float = 600.0, batch_max_images: int = 1, batch_wait_ms: float = 10.0):
         self.inpainter_factory = inpainter_factory
         self.shutdown_grace = shutdown_grace
         self.job_timeout = job_timeout
+        self.batch_max_images = batch_max_images
+        self.batch_wait = batch_wait_ms / 1000
         self.jobs: JobService | None = None  # set by bind(): the service and its dispatcher refer to each other
         self.inpainter = None
         self.state = "loading"
@@ -135,7 +232,8 @@ class EmbeddedDispatcher:
         self._dispatched: dict[str, float] = {}
         self._waiting: set[str] = set()  # jobs a v1 caller waits for: their outcome (with the image bytes)
         self._outcomes: dict[str, JobOutcome] = {}  # is handed over, so v1 need not read the files back
-        self._running: str | None = None
+        self._running: set[str] = set()
+        self._load_seconds: float | None = None  # the model load the first jobs waited for (metrics)
         self._handover = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -189,7 +287,7 @@ class EmbeddedDispatcher:
                         return outcome
                     record = await self.jobs.read(self.jobs.records.get, job_id)
                     # Ended, and the worker is done with it (else its outcome, with the bytes, is a moment away).
-                    if record is None or (record.status.terminal and self._running != job_id):
+                    if record is None or (record.status.terminal and job_id not in self._running):
                         return self._outcomes.pop(job_id, None) or (JobOutcome(record) if record else None)
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -201,8 +299,10 @@ class EmbeddedDispatcher:
                 self._outcomes.pop(job_id, None)
 
     def _load(self) -> bool:
+        started = time.monotonic()
         try:
             self.inpainter = self.inpainter_factory()
+            self._load_seconds = time.monotonic() - started
             self.device = getattr(self.inpainter, "device", None)
             self.state = "ready"
             return True
@@ -218,25 +318,49 @@ class EmbeddedDispatcher:
         except Exception:  # e.g. a full disk: the lease reaper handles what is left once the store works
             log.exception("recovering the previous run's jobs failed; the housekeeping will retry them")
         loaded = self._load()
-        while (job_id := self._queue.get()) is not None:
-            self._dispatched.pop(job_id, None)
+        while (first := self._queue.get()) is not None:
+            job_ids = [first, *self._company()]
+            for job_id in job_ids:
+                self._dispatched.pop(job_id, None)
             try:
                 if loaded:
-                    self._running = job_id
+                    self._running.update(job_ids)
                     try:
-                        outcome = run_job(job_id, self.jobs, self.inpainter, self.job_timeout)
+                        outcomes = run_jobs(job_ids, self.jobs, self.inpainter, self.job_timeout,
+                                            self.batch_max_images, self._load_seconds)
+                        self._load_seconds = None  # only the first jobs waited for the load
                     finally:
-                        self._running = None
-                    with self._handover:
-                        if outcome is not None and job_id in self._waiting:
-                            self._outcomes[job_id] = outcome
-                    self.jobs.changes.notify(job_id)  # a v1 waiter takes the outcome now
+                        self._running.difference_update(job_ids)
+                    for job_id, outcome in outcomes.items():
+                        with self._handover:
+                            if outcome is not None and job_id in self._waiting:
+                                self._outcomes[job_id] = outcome
+                        self.jobs.changes.notify(job_id)  # a v1 waiter takes the outcome now
                 else:
-                    self.jobs.fail(job_id, Failure.UNAVAILABLE, self.error or "the model is unavailable")
-            except StoreUnavailable as exc:  # e.g. disk full: keep the job, wait, try again
+                    for job_id in job_ids:
+                        self.jobs.fail(job_id, Failure.UNAVAILABLE, self.error or "the model is unavailable")
+            except StoreUnavailable as exc:  # e.g. disk full: keep the jobs, wait, try again
                 self.jobs.fault = str(exc)
-                log.error("job %s: %s; retrying in %.0fs", job_id, exc, STORE_RETRY_SECONDS)
+                log.error("jobs %s: %s; retrying in %.0fs", ", ".join(job_ids), exc, STORE_RETRY_SECONDS)
                 if not self._stopping.wait(STORE_RETRY_SECONDS):
-                    self.submit(job_id)
+                    for job_id in job_ids:
+                        self.submit(job_id)
             except Exception:  # the worker outlives any job
-                log.exception("job %s: unexpected error in the worker; it goes on with the next job", job_id)
+                log.exception("jobs %s: unexpected error in the worker; it goes on with the next jobs",
+                              ", ".join(job_ids))
+
+    def _company(self) -> list[str]:
+        """With batching on: the jobs queued behind the first, up to batch_max_images in all, waiting at most
+        batch_wait seconds for more to arrive. Whether they can share a call is run_jobs' business."""
+        company: list[str] = []
+        deadline = time.monotonic() + self.batch_wait
+        while len(company) + 1 < self.batch_max_images:
+            try:
+                job_id = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if job_id is None:  # stopping: leave the signal for the loop
+                self._queue.put(None)
+                break
+            company.append(job_id)
+        return company

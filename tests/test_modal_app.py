@@ -187,6 +187,52 @@ def test_inpainter_run_local_end_to_end(recorded_app, monkeypatch, tiny_model_di
     assert jobs.records.unfinished() == 0
 
 
+def run_method_params(module):
+    """The modal.batched parameters Modal registered for Inpainter.run (None for a plain method)."""
+    from modal._utils.async_utils import synchronizer
+
+    raw = synchronizer._translate_in(module.Inpainter._get_user_cls().__dict__["run"])
+    return raw.params.batch_max_size, raw.params.batch_wait_ms
+
+
+def test_batching_is_off_by_default_and_run_is_a_plain_method(recorded_app):
+    module, _ = recorded_app
+    assert run_method_params(module) == (None, None)
+    assert module.runtime_env["BATCH_MAX_IMAGES"] == "1"
+    assert module.runtime_env["GPU_TYPE"] == "A10G"  # prices metrics.cost_usd
+
+
+def test_batching_knob_makes_run_a_modal_batched_method_that_runs_jobs_together(monkeypatch, tiny_model_dir,
+                                                                               tmp_path):
+    monkeypatch.setenv("INPAINT_BATCH_MAX_IMAGES", "3")
+    monkeypatch.setenv("INPAINT_BATCH_WAIT_MS", "25")
+    monkeypatch.setenv("INPAINT_GPU", "L4")
+    monkeypatch.setenv("MODEL_DIR", str(tiny_model_dir))
+    monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    sys.modules.pop("app", None)
+    try:
+        module = importlib.import_module("app")
+        assert run_method_params(module) == (3, 25)
+        monkeypatch.setenv("BATCH_MAX_IMAGES", module.runtime_env["BATCH_MAX_IMAGES"])
+        monkeypatch.setenv("GPU_TYPE", module.runtime_env["GPU_TYPE"])
+        monkeypatch.setattr(module, "dicts", standin_dicts())
+        jobs = build_modal(module._settings(), module.dicts).jobs
+        assert jobs.dispatcher.batched  # never cancels a FunctionCall: that would cancel its batch-mates
+        now = time.time()
+        for job_id, seed in (("j1", 5), ("j2", 6)):
+            jobs.records.create(JobRecord(id=job_id, owner="o", params={"prompt": "a chair", "seed": seed},
+                                          created_at=now, expires_at=now + 60))
+            jobs.inputs.put(job_id, png_bytes(gradient_image()), png_bytes(box_mask()))
+        results = module.Inpainter().run.local(["j1", "j2"])
+        assert [r["record"]["seeds"] for r in results] == [[5], [6]]
+        for result in results:
+            record = result["record"]
+            assert record["status"] == "COMPLETED" and record["batch_size"] == 2
+            assert record["cost_usd"] == pytest.approx(record["gpu_seconds"] * 0.000222)
+    finally:
+        sys.modules.pop("app", None)
+
+
 # ---- the store ports, both implementations ---------------------------------------------------
 
 @pytest.fixture(params=["sqlite", "modal-dict"])

@@ -44,5 +44,9 @@ V1_HEADERS = {
     **REQUEST_ID_HEADER,
     "x-seed-value": {"description": "The seed of each image, comma-separated.", "schema": {"type": "string"}},
     "x-generation-time": {"description": "Seconds spent in the denoising pipeline.", "schema": {"type": "string"}},
+    "x-gpu-seconds": {"description": "Extension: the job's share of the worker's busy time (metrics.gpu_seconds).",
+                      "schema": {"type": "string"}},
+    "x-cost-usd": {"description": "Extension: gpu_seconds priced at the deployment's GPU type (metrics.cost_usd); "
+                                  "absent when no GPU type is set.", "schema": {"type": "string"}},
     **CREDITS_HEADER,
 }

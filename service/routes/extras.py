@@ -2,12 +2,14 @@
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Security
 from fastapi.responses import FileResponse, HTMLResponse
 
 from service.errors import ApiError
 from service.ports import StoreUnavailable
-from service.routes.deps import jobs_of
+from schemas import UsageResponse
+from service.routes.deps import caller, jobs_of
+from service.routes.docs import ERRORS_DOC
 
 router = APIRouter()
 PLAYGROUND_HTML = Path(__file__).resolve().parent.parent / "playground.html"
@@ -39,6 +41,16 @@ async def health(request: Request):
         "queue_depth": depth,
         "error": dispatcher.error or jobs.fault,
     }
+
+
+@router.get("/usage", tags=["account"], operation_id="usage", response_model=UsageResponse, responses=ERRORS_DOC,
+            summary="Your key's usage per day",
+            description="Jobs, images, GPU seconds and their cost in USD per UTC day for the calling key, "
+                        "newest first. Cost is priced at the deployment's GPU type (0 when none is set).")
+async def usage(request: Request, days: int = Query(7, ge=1, le=31, description="How many days back, 1..31."),
+                owner: str = Security(caller)):
+    jobs = jobs_of(request)
+    return UsageResponse(days=await jobs.read(jobs.usage, owner, days))
 
 
 files_router = APIRouter()

@@ -50,6 +50,16 @@ async def run_v1(request: Request, slug: str = SLUG_PARAM, owner: str = Security
     return await v1_answer(outcome, jobs, credit_headers)
 
 
+def cost_headers(done) -> dict[str, str]:
+    """What the job used of the GPU (metrics.gpu_seconds, metrics.cost_usd) as headers, where known."""
+    headers = {}
+    if done.gpu_seconds is not None:
+        headers["x-gpu-seconds"] = f"{done.gpu_seconds:.4f}"
+    if done.cost_usd is not None:
+        headers["x-cost-usd"] = f"{done.cost_usd:.8f}"
+    return headers
+
+
 async def v1_answer(outcome: JobOutcome, jobs: JobService, credit_headers: dict[str, str]) -> Response:
     done = outcome.record
     if done.status == JobStatus.FAILED:
@@ -60,7 +70,7 @@ async def v1_answer(outcome: JobOutcome, jobs: JobService, credit_headers: dict[
     files = outcome.files or await run_blocking(
         lambda: [(jobs.storage.read(img.key), img.content_type) for img in done.images])
     headers = {"x-request-id": done.id, "x-seed-value": ",".join(str(s) for s in done.seeds),
-               "x-generation-time": f"{done.inference_time or 0:.3f}", **credit_headers}
+               "x-generation-time": f"{done.inference_time or 0:.3f}", **cost_headers(done), **credit_headers}
     content_type = files[0][1]
     if len(files) > 1:
         body = V1MultiResponse(images=[base64.b64encode(data).decode() for data, _ in files], seeds=done.seeds,
