@@ -6,7 +6,9 @@ Two servers (`python -m service --demo`): BATCH_MAX_IMAGES=1 (off) and BATCH_MAX
 rounds alternating between them. Each round: --clients concurrent v1 clients, each sending --jobs-per-client
 requests back to back (throughput, jobs/s); then one client sending the same number sequentially (latency,
 the cost of waiting for company when there is none). Prints jobs/s, latency p50/p95 and the batch sizes the
-jobs ran in; writes bench-results/batching.json.
+jobs ran in. Then, in this process, reproducibility: four requests run alone twice and together in one
+batch; prints whether alone gives the same bytes twice and the largest pixel difference batch vs alone.
+Writes bench-results/batching.json.
 """
 
 import argparse
@@ -49,6 +51,34 @@ def round_trip(server: DemoServer, clients: int, jobs: int, payload: dict) -> di
             "batch_sizes": [r[1] for r in results], "single_latencies": single}
 
 
+def reproducibility(model_dir: str) -> dict:
+    """Four single-image requests (different prompts and seeds, one with only_masked): alone twice, then in
+    one batch. Pixel differences are per channel, 0..255."""
+    import numpy as np
+    import torch
+
+    from inference import Inpainter
+    from schemas import InpaintParams
+
+    torch.manual_seed(0)
+    model = Inpainter(model_dir, device="cpu", dtype=torch.float32, safety_checker=False)
+    image, mask = gradient_image(), box_mask()
+    requests = [InpaintParams(prompt="a red chair", seed=1), InpaintParams(prompt="a lamp", seed=2),
+                InpaintParams(prompt="a cat", seed=3, negative_prompt="blurry"),
+                InpaintParams(prompt="a vase", seed=4, only_masked=True)]
+
+    def arrays(outputs):
+        return [np.asarray(o.images[0].convert("RGB")).astype(int) for o in outputs]
+
+    alone = arrays([model.run(r, image, mask) for r in requests])
+    again = arrays([model.run(r, image, mask) for r in requests])
+    batched = arrays(model.run_batch([(r, image, mask) for r in requests]))
+    diffs = [np.abs(a - b) for a, b in zip(alone, batched)]
+    return {"alone_twice_same_bytes": all(np.array_equal(a, b) for a, b in zip(alone, again)),
+            "batch_vs_alone_max_diff": [int(d.max()) for d in diffs],
+            "batch_vs_alone_mean_diff": [round(float(d.mean()), 4) for d in diffs]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
@@ -56,7 +86,11 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-images", type=int, default=4)
     parser.add_argument("--wait-ms", type=float, default=10.0)
+    parser.add_argument("--model-dir", default=".models/tiny-sd-inpainting", help="for the reproducibility check")
     args = parser.parse_args(argv)
+    if args.clients == 0:  # only the reproducibility check
+        print(reproducibility(args.model_dir))
+        return 0
 
     payload = {"image": b64_png(gradient_image()), "mask": b64_png(box_mask()), "prompt": "a red chair", "seed": 1}
     modes = {"off": 1, "on": args.max_images}
@@ -99,7 +133,11 @@ def main(argv=None) -> int:
           f"then 1 client x {args.jobs_per_client} jobs")
     print_table(["batching", "jobs", "jobs/s", "p50 ms", "p95 ms", "1-client p50 ms", "1-client p95 ms",
                  "jobs by batch size"], rows)
-    write_json("batching.json", {"args": vars(args), "results": report})
+    repro = reproducibility(args.model_dir)
+    print(f"\nreproducibility (tiny model, CPU): alone twice, same bytes: {repro['alone_twice_same_bytes']}; "
+          f"batch of 4 vs alone, max pixel difference per request: {repro['batch_vs_alone_max_diff']}, "
+          f"mean: {repro['batch_vs_alone_mean_diff']}")
+    write_json("batching.json", {"args": vars(args), "results": report, "reproducibility": repro})
     return 0
 
 
