@@ -102,6 +102,9 @@ api_keys_secret = modal.Secret.from_name(cfg.api_keys_secret)  # API_KEYS (and K
 s3_secret = modal.Secret.from_name(cfg.s3_secret)  # S3_BUCKET, AWS_REGION, AWS_* credentials
 webhook_secret = modal.Secret.from_name(cfg.webhook_secret)  # WEBHOOK_SECRET (whsec_...)
 runtime_env = container_env()
+# Modal's limit covers one call; a batched call may run its jobs in turn (those that cannot share a pipeline
+# call), each under its own JOB_TIMEOUT_SECONDS, so the call's limit grows with the batch.
+GPU_CALL_TIMEOUT = min(86400, cfg.timeout * cfg.batch_max_images)
 
 
 def _settings() -> Settings:
@@ -144,7 +147,7 @@ def current_weights_dir() -> Path:
     min_containers=cfg.min_containers,
     max_containers=cfg.max_containers,
     buffer_containers=cfg.buffer_containers,
-    timeout=cfg.timeout,
+    timeout=GPU_CALL_TIMEOUT,
     enable_memory_snapshot=True,
     experimental_options={"enable_gpu_snapshot": True} if cfg.gpu_snapshot else None,
 )

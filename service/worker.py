@@ -72,48 +72,62 @@ def run_jobs(job_ids: list[str], jobs: JobService, inpainter: Any, timeout: floa
              cold_start: float | None = None) -> dict[str, JobOutcome | None]:
     """Run jobs to COMPLETED or FAILED; the outcome per id (None: nothing to run here). With max_images > 1,
     single-image jobs that share `batch_key` run together in one pipeline call of up to max_images images;
-    the rest run one by one. `cold_start`: seconds of model loading the jobs waited for (shown in metrics)."""
+    the rest run one by one. Each group's jobs are started (PROCESSING) only when the group runs, so a job
+    waiting for an earlier group stays QUEUED, never looks silent to the lease reaper.
+    `cold_start`: seconds of model loading the jobs waited for (shown in their metrics)."""
     outcomes: dict[str, JobOutcome | None] = {job_id: None for job_id in job_ids}
-    started: list[_Job] = []
+    waiting: list[tuple[str, InpaintParams | None]] = []
     for job_id in job_ids:
-        record = jobs.start(job_id)
-        if record is None:
-            continue
-        try:
-            images = jobs.input_images(job_id)
-            params = InpaintParams.model_validate(record.params, strict=False)
-        except StoreUnavailable:
-            raise
-        except Exception as exc:  # unreadable stored inputs or request: this job fails, the others run
-            log.exception("job %s: its stored inputs cannot be read", job_id)
-            outcomes[job_id] = JobOutcome(jobs.fail(job_id, Failure.INTERNAL, f"the job's stored inputs cannot "
-                                                    f"be read ({type(exc).__name__})") or record)
-            continue
-        if images is None:
-            outcomes[job_id] = JobOutcome(jobs.fail(job_id, Failure.INTERNAL, "job inputs are missing") or record)
-            continue
-        started.append(_Job(job_id, record, params, images[0], images[1], jobs.cancel_check(job_id)))
-    for group in _groups(started, max_images):
-        _run_group(group, jobs, inpainter, timeout, cold_start)
-        outcomes.update({job.id: job.outcome for job in group})
+        record = jobs.records.get(job_id)
+        if record is not None and not record.status.terminal:
+            try:
+                waiting.append((job_id, InpaintParams.model_validate(record.params, strict=False)))
+            except Exception:  # reported when the job starts
+                waiting.append((job_id, None))
+    for group in _groups(waiting, max_images):
+        started = [job for job in (_start(job_id, jobs, outcomes) for job_id, _ in group) if job is not None]
+        if started:
+            _run_group(started, jobs, inpainter, timeout, cold_start)
+            outcomes.update({job.id: job.outcome for job in started})
     return outcomes
 
 
-def _groups(started: list[_Job], max_images: int) -> list[list[_Job]]:
+def _start(job_id: str, jobs: JobService, outcomes: dict[str, JobOutcome | None]) -> _Job | None:
+    """PROCESSING with its request and inputs, or None (nothing to run, or FAILED here: see outcomes)."""
+    record = jobs.start(job_id)
+    if record is None:
+        return None
+    try:
+        images = jobs.input_images(job_id)
+        params = InpaintParams.model_validate(record.params, strict=False)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:  # unreadable stored inputs or request: this job fails, the others run
+        log.exception("job %s: its stored inputs cannot be read", job_id)
+        outcomes[job_id] = JobOutcome(jobs.fail(job_id, Failure.INTERNAL, f"the job's stored inputs cannot "
+                                                f"be read ({type(exc).__name__})") or record)
+        return None
+    if images is None:
+        outcomes[job_id] = JobOutcome(jobs.fail(job_id, Failure.INTERNAL, "job inputs are missing") or record)
+        return None
+    return _Job(job_id, record, params, images[0], images[1], jobs.cancel_check(job_id))
+
+
+def _groups(waiting: list[tuple[str, InpaintParams | None]], max_images: int) -> list[list[tuple]]:
     """Single-image jobs with the same batch_key together (in arrival order, at most max_images per group);
     multi-sample jobs alone: they are a batch already, and alone their seeds give the same bytes every time."""
-    groups: list[list[_Job]] = []
-    open_groups: dict[tuple, list[_Job]] = {}
-    for job in started:
-        if max_images <= 1 or job.params.samples > 1:
-            groups.append([job])
+    groups: list[list[tuple]] = []
+    open_groups: dict[tuple, list[tuple]] = {}
+    for job_id, params in waiting:
+        if max_images <= 1 or params is None or params.samples > 1:
+            groups.append([(job_id, params)])
             continue
-        key = batch_key(job.params)
+        key = batch_key(params)
         group = open_groups.get(key)
         if group is None or len(group) >= max_images:
             group = open_groups[key] = []
             groups.append(group)
-        group.append(job)
+        group.append((job_id, params))
     return groups
 
 

@@ -199,3 +199,11 @@ def test_over_http_queued_jobs_batch_and_every_request_is_priced(tmp_path, tiny_
         assert other["jobs"] == 0 and other["cost_usd"] == 0
         refused = client.get("/usage", params={"days": 0})
         assert refused.status_code == 400 and "days" in refused.json()["error"]
+
+
+def test_a_job_waiting_for_an_earlier_group_stays_queued_until_its_group_runs(jobs, inpainter):
+    first, later = submit(jobs, seed=1), submit(jobs, seed=2, num_inference_steps=21)
+    seen = []
+    model = Hooked(inpainter, at_step=lambda step: step == 1 and seen.append(jobs.records.get(later).status))
+    run_jobs([first, later], jobs, model, max_images=4)
+    assert seen == [JobStatus.QUEUED, JobStatus.PROCESSING]  # seen at step 1 of each call
