@@ -89,10 +89,11 @@ def expire_queued(jobs: JobService, now: float | None = None) -> int:
 
 
 def keep_counters_alive(counters: Counters, owners: list[str]) -> None:
-    """Read every key's credit counter: on Modal a Dict entry idle for 7 days expires, which would hand spent
-    credits back. A read counts as activity."""
+    """Read every key's credit counter and usage document: on Modal a Dict entry idle
+    for 7 days expires, which would hand spent credits back and lose usage. A read counts as activity."""
     for owner in owners:
         counters.modify(f"credits:{owner}", lambda doc: (None, None))
+        counters.modify(f"usage:{owner}", lambda doc: (None, None))
 
 
 class Sweeper:

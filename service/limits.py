@@ -103,34 +103,41 @@ def refund_daily(counters: Counters, images: int, cap: int, now: float | None = 
                     lambda doc: (None, None) if doc is None else ({"images": max(0, doc["images"] - images)}, None))
 
 
+USAGE_DAYS = 31  # how far back GET /usage reaches (and what Modal's sweep keeps alive)
+
+
 def _day(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
 
 
 def add_usage(counters: Counters, record: JobRecord) -> None:
     """Count a job that used the GPU into its key's usage for the UTC day it ended: jobs, images delivered,
-    GPU seconds and their cost. Failed jobs count their GPU seconds and cost but no images."""
-    images = len(record.images)
+    GPU seconds and their cost. Failed jobs count their GPU seconds and cost but no images. One document per
+    key holds its last USAGE_DAYS days (one store call to add, to read, or to keep alive)."""
+    day, images = _day(record.finished_at or time.time()), len(record.images)
 
     def add(doc):
-        doc = dict(doc or {"jobs": 0, "images": 0, "gpu_seconds": 0.0, "cost_usd": 0.0})
-        doc["jobs"] += 1
-        doc["images"] += images
-        doc["gpu_seconds"] += record.gpu_seconds or 0.0
-        doc["cost_usd"] += record.cost_usd or 0.0
-        return doc, None
+        days = {d: v for d, v in (doc or {}).get("days", {}).items() if d >= _day(time.time() - USAGE_DAYS * 86400)}
+        totals = dict(days.get(day) or {"jobs": 0, "images": 0, "gpu_seconds": 0.0, "cost_usd": 0.0})
+        totals["jobs"] += 1
+        totals["images"] += images
+        totals["gpu_seconds"] += record.gpu_seconds or 0.0
+        totals["cost_usd"] += record.cost_usd or 0.0
+        days[day] = totals
+        return {"days": days}, None
 
-    counters.modify(f"usage:{record.owner}:{_day(record.finished_at or time.time())}", add)
+    counters.modify(f"usage:{record.owner}", add)
 
 
 def daily_usage(counters: Counters, owner: str, days: int, now: float | None = None) -> list[dict]:
     """The key's usage per UTC day, newest first: `days` entries, zeros for days without jobs."""
     now = time.time() if now is None else now
+    recorded = counters.modify(f"usage:{owner}", lambda doc: (None, (doc or {}).get("days", {})))
     out = []
     for back in range(days):
         day = _day(now - back * 86400)
-        doc = counters.modify(f"usage:{owner}:{day}", lambda doc: (None, doc)) or {}
-        out.append({"date": day, "jobs": doc.get("jobs", 0), "images": doc.get("images", 0),
-                    "gpu_seconds": round(doc.get("gpu_seconds", 0.0), 4),
-                    "cost_usd": round(doc.get("cost_usd", 0.0), 8)})
+        totals = recorded.get(day, {})
+        out.append({"date": day, "jobs": totals.get("jobs", 0), "images": totals.get("images", 0),
+                    "gpu_seconds": round(totals.get("gpu_seconds", 0.0), 4),
+                    "cost_usd": round(totals.get("cost_usd", 0.0), 8)})
     return out

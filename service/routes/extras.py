@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Request, Security
 from fastapi.responses import FileResponse, HTMLResponse
 
 from service.errors import ApiError
+from service.limits import USAGE_DAYS
 from service.ports import StoreUnavailable
 from schemas import UsageResponse
 from service.routes.deps import caller, jobs_of
@@ -47,7 +48,8 @@ async def health(request: Request):
             summary="Your key's usage per day",
             description="Jobs, images, GPU seconds and their cost in USD per UTC day for the calling key, "
                         "newest first. Cost is priced at the deployment's GPU type (0 when none is set).")
-async def usage(request: Request, days: int = Query(7, ge=1, le=31, description="How many days back, 1..31."),
+async def usage(request: Request, days: int = Query(7, ge=1, le=USAGE_DAYS,
+                                                   description=f"How many days back, 1..{USAGE_DAYS}."),
                 owner: str = Security(caller)):
     jobs = jobs_of(request)
     return UsageResponse(days=await jobs.read(jobs.usage, owner, days))
