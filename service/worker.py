@@ -182,12 +182,19 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
                                              - stored_from, len(group), cold_start)
             except StorageError as exc:
                 end(job, Failure.STORAGE, f"storing the result failed: {exc}", busy)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # e.g. encoding: this job's failure only, its batch-mates are done or go on
+                log.exception("job %s: storing its result crashed", job.id)
+                end(job, Failure.INTERNAL, f"internal error while storing the result ({type(exc).__name__})", busy)
     except Cancelled:
         pass  # every job of the group has ended already
     except TimedOut:
         for job in live():
             end(job, Failure.TIMED_OUT, f"timed out after {timeout:g}s", time.monotonic() - run_started)
-    except Exception as exc:
+    except StoreUnavailable:
+        raise  # the dispatcher keeps the jobs and retries once the store works again
+    except Exception as exc:  # the pipeline call failed
         if len(live()) > 1:  # one job's bad input must not fail its batch-mates: each runs again alone
             log.warning("a batch of %d jobs failed (%s: %s); running its jobs one by one", len(live()),
                         type(exc).__name__, exc)
