@@ -69,12 +69,14 @@ def run_job(job_id: str, jobs: JobService, inpainter: Any, timeout: float = 600.
 
 
 def run_jobs(job_ids: list[str], jobs: JobService, inpainter: Any, timeout: float = 600.0, max_images: int = 1,
-             cold_start: float | None = None) -> dict[str, JobOutcome | None]:
+             cold_start: float | None = None,
+             on_start: Callable[[str], None] = lambda job_id: None) -> dict[str, JobOutcome | None]:
     """Run jobs to COMPLETED or FAILED; the outcome per id (None: nothing to run here). With max_images > 1,
     single-image jobs that share `batch_key` run together in one pipeline call of up to max_images images;
     the rest run one by one. Each group's jobs are started (PROCESSING) only when the group runs, so a job
     waiting for an earlier group stays QUEUED, never looks silent to the lease reaper.
-    `cold_start`: seconds of model loading the jobs waited for (shown in their metrics)."""
+    `cold_start`: seconds of model loading the jobs waited for (shown in their metrics); `on_start(job_id)` is
+    called as each job's group comes up, before the job starts."""
     outcomes: dict[str, JobOutcome | None] = {job_id: None for job_id in job_ids}
     waiting: list[tuple[str, InpaintParams | None]] = []
     for job_id in job_ids:
@@ -85,6 +87,8 @@ def run_jobs(job_ids: list[str], jobs: JobService, inpainter: Any, timeout: floa
             except Exception:  # reported when the job starts
                 waiting.append((job_id, None))
     for group in _groups(waiting, max_images):
+        for job_id, _ in group:
+            on_start(job_id)
         started = [job for job in (_start(job_id, jobs, outcomes) for job_id, _ in group) if job is not None]
         if started:
             _run_group(started, jobs, inpainter, timeout, cold_start)
@@ -341,17 +345,19 @@ class EmbeddedDispatcher:
         loaded = self._load()
         while (first := self._queue.get()) is not None:
             job_ids = [first, *self._company()]
-            for job_id in job_ids:
-                self._dispatched.pop(job_id, None)
             try:
                 if loaded:
                     self._running.update(job_ids)
                     try:
+                        # A job stays "dispatched" (waiting here, not silent) until its group starts.
                         outcomes = run_jobs(job_ids, self.jobs, self.inpainter, self.job_timeout,
-                                            self.batch_max_images, self._load_seconds)
+                                            self.batch_max_images, self._load_seconds,
+                                            on_start=lambda job_id: self._dispatched.pop(job_id, None))
                         self._load_seconds = None  # only the first jobs waited for the load
                     finally:
                         self._running.difference_update(job_ids)
+                        for job_id in job_ids:
+                            self._dispatched.pop(job_id, None)
                     for job_id, outcome in outcomes.items():
                         with self._handover:
                             if outcome is not None and job_id in self._waiting:
@@ -359,6 +365,7 @@ class EmbeddedDispatcher:
                         self.jobs.changes.notify(job_id)  # a v1 waiter takes the outcome now
                 else:
                     for job_id in job_ids:
+                        self._dispatched.pop(job_id, None)
                         self.jobs.fail(job_id, Failure.UNAVAILABLE, self.error or "the model is unavailable")
             except StoreUnavailable as exc:  # e.g. disk full: keep the jobs, wait, try again
                 self.jobs.fault = str(exc)

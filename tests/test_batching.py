@@ -207,3 +207,30 @@ def test_a_job_waiting_for_an_earlier_group_stays_queued_until_its_group_runs(jo
     model = Hooked(inpainter, at_step=lambda step: step == 1 and seen.append(jobs.records.get(later).status))
     run_jobs([first, later], jobs, model, max_images=4)
     assert seen == [JobStatus.QUEUED, JobStatus.PROCESSING]  # seen at step 1 of each call
+
+
+def test_a_queued_job_waiting_behind_an_earlier_group_is_not_reaped_as_lost(tmp_path, tiny_model_dir, inpainter):
+    """The lease reaper runs while the first group holds the worker past the lease: the job taken into the same
+    round but still waiting for its own group must not read as abandoned."""
+    from service.housekeeping import reap_stale
+
+    gate, reaped = threading.Event(), []
+    backend = build_embedded(make_settings(tmp_path, tiny_model_dir, batch_max_images=4, batch_wait_ms=200,
+                                           lease_seconds=60), lambda: model)
+    jobs = backend.jobs
+
+    def hold(step):
+        if step == 1 and not gate.is_set():
+            reaped.append(reap_stale(jobs, lease=60, now=time.time() + 3600))  # an hour later, for the reaper
+            gate.set()
+
+    model = Hooked(inpainter, at_step=hold)
+    first, later = submit(jobs, seed=1), submit(jobs, seed=2, num_inference_steps=21)
+    dispatcher = jobs.dispatcher
+    dispatcher.start()
+    dispatcher._queue.put(None)  # after the two jobs: the worker thread ends once it has run them
+    dispatcher._thread.join(120)
+    # An hour later the running job looks silent (its heartbeat is old) and is handed out again; the job
+    # waiting for its own group is left alone, and runs once.
+    assert reaped == [1]
+    assert jobs.records.get(later).status == JobStatus.COMPLETED and jobs.records.get(later).attempts == 1
