@@ -35,6 +35,7 @@ class JobRecord(BaseModel):
     images: list[StoredImage] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=list)
     inference_time: float | None = None
+    intake_time: float | None = None  # the web tier's own seconds from the request's arrival to storing the job
     progress_step: int | None = None
     progress_total: int | None = None
     heartbeat_at: float | None = None  # last sign of life from the worker running it
@@ -58,7 +59,18 @@ class JobRecord(BaseModel):
             "inference_time": round(self.inference_time, 4) if self.inference_time is not None else None,
             "queue_time": round(queue_time, 4) if queue_time is not None else None,
             "total_time": round(total_time, 4) if total_time is not None else None,
+            "overhead_time": round(self.overhead_time, 4) if self.overhead_time is not None else None,
         }
+
+    @property
+    def overhead_time(self) -> float | None:
+        """The service's own seconds for a completed job: taking the request in (intake_time) plus the worker's
+        time outside the model call (total_time - queue_time - inference_time). Waiting in the queue and
+        fetching URL inputs are not counted."""
+        if self.inference_time is None or self.started_at is None or self.finished_at is None:
+            return None
+        running = self.finished_at - self.started_at - self.inference_time
+        return max(0.0, running) + (self.intake_time or 0.0)
 
 
 def apply_changes(record: JobRecord, changes: dict[str, Any]) -> JobRecord | None:
