@@ -155,6 +155,10 @@ def decode_inline(value: str, field: str, max_bytes: int) -> bytes:
     if len(value) * 3 // 4 > max_bytes + 3:
         raise InputError(field, f"image is larger than {max_bytes} bytes")
     try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        pass  # perhaps wrapped over lines: strip the whitespace only then (a copy of a large string)
+    try:
         return base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
         raise InputError(field, "is neither an http(s) URL, a data: URI nor valid base64") from None

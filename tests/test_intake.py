@@ -1,6 +1,7 @@
 """Taking a submission in: each input decoded once and handed to the worker, one thread hop per submit,
 and the service's own time (`metrics.overhead_time`)."""
 
+import base64
 import threading
 
 import httpx
@@ -193,3 +194,15 @@ def test_overhead_time_is_the_services_own_time(tmp_path, tiny_model_dir, inpain
             assert failed["status"] == "FAILED" and failed["metrics"]["overhead_time"] is None
     finally:
         server.stop()
+
+
+def test_base64_wrapped_over_lines_is_read():
+    from service.inputs import InputError, decode_inline
+
+    data = png_bytes(box_mask(64, 64, (8, 8, 32, 32)))
+    encoded = base64.b64encode(data).decode()
+    wrapped = "\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+    assert decode_inline(encoded, "mask", 1 << 20) == data
+    assert decode_inline(wrapped + "\n", "mask", 1 << 20) == data
+    with pytest.raises(InputError, match="nor valid base64"):
+        decode_inline(wrapped + "!", "mask", 1 << 20)
