@@ -36,7 +36,7 @@ MAX_LOCAL_CANCELS = 10_000
 # Decoded inputs waiting in memory for this process's worker: at most this many jobs and pixels (image + mask).
 # A job that does not fit has its stored bytes decoded by the worker instead.
 MAX_HANDED_OVER_JOBS = 16
-MAX_HANDED_OVER_PIXELS = 64 * 1024 * 1024
+MAX_HANDED_OVER_PIXELS = 2 * 4096 * 4096  # one job at the default input pixel cap, or many photo-sized ones
 
 
 @dataclass
