@@ -11,8 +11,8 @@ import io
 import logging
 import threading
 import time
-from collections import OrderedDict
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
