@@ -33,6 +33,11 @@ class Metrics(BaseModel):
     inference_time: float | None = Field(None, description="Seconds spent in the denoising pipeline.")
     queue_time: float | None = Field(None, description="Seconds between submit and start.")
     total_time: float | None = Field(None, description="Seconds between submit and finish.")
+    overhead_time: float | None = Field(
+        None, description="Extension: the service's own seconds for a completed job: taking the request in "
+                          "(reading, validating and decoding the inputs, limits, storing the job; not fetching "
+                          "URL inputs) plus the worker's time outside the model call (preparing the inputs, "
+                          "paste-back, encoding, storing the result). Not the time spent waiting in the queue.")
     gpu_seconds: float | None = Field(
         None, description="Extension: this job's share of the worker's busy time (the model call, shared by "
                           "image count when batched, plus encoding and storing its results).")

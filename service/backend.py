@@ -89,7 +89,8 @@ def build_embedded(settings: Settings, make_inpainter: Callable[[], Any] | None 
     webhooks = WebhookSender(storage, settings.webhook_secret, settings.allow_private_urls,
                              settings.webhook_attempts, settings.webhook_first_delay_seconds)
     jobs = JobService(settings, state, FileInputs(state_dir / "inputs"), state, storage, dispatcher,
-                      changes=state.changes, on_terminal=webhooks.on_terminal, inline_reads=True)
+                      changes=state.changes, on_terminal=webhooks.on_terminal, inline_reads=True,
+                      hand_over_inputs=True)
     dispatcher.bind(jobs)
     interval = min(settings.sweep_interval_seconds, max(settings.result_ttl_seconds / 2, 1))
     sweeper = Sweeper(jobs, interval, lease=settings.lease_seconds, check=state.problem)

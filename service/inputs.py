@@ -1,11 +1,12 @@
-"""Turn the `image` / `mask` strings of a request into validated image bytes.
+"""Turn the `image` / `mask` strings of a request into validated image bytes and their decoded images.
 
 Accepted forms: http(s) URL, data: URI, bare base64. URLs are fetched with
 timeouts, a byte cap and a bounded number of redirects; every hop is resolved
 and refused when it points at a non-public address (loopback, private,
 link-local, cloud metadata, ...) unless the operator allows private URLs. The
 connection goes to the address that was checked (no DNS rebinding between the
-check and the request). Bytes are decoded with Pillow under a pixel cap.
+check and the request). Bytes are decoded once, with Pillow under a pixel cap; the
+decoded images go on to this process's worker (JobService.input_images).
 """
 
 import asyncio
@@ -154,6 +155,10 @@ def decode_inline(value: str, field: str, max_bytes: int) -> bytes:
     if len(value) * 3 // 4 > max_bytes + 3:
         raise InputError(field, f"image is larger than {max_bytes} bytes")
     try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        pass  # perhaps wrapped over lines: strip the whitespace only then (a copy of a large string)
+    try:
         return base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
         raise InputError(field, "is neither an http(s) URL, a data: URI nor valid base64") from None
@@ -185,16 +190,13 @@ def looks_like_url(value: str) -> bool:
     return "://" in value[:16] or value.lower().startswith(("http:", "https:"))
 
 
-async def load_input(value: str, field: str, limits: FetchLimits, client: httpx.AsyncClient) -> bytes:
-    """Return the raw bytes of a valid image given in any accepted form (raises InputError)."""
-    if looks_like_url(value):
-        data = await fetch_url(value, field, limits, client)
-    else:
-        data = decode_inline(value, field, limits.max_bytes)
+def read_input(value: str, field: str, limits: FetchLimits, fetched: bytes | None = None) -> tuple[bytes, Image.Image]:
+    """The bytes and the decoded image of a valid input given inline (data: URI or base64), or of the bytes
+    fetched from its URL (raises InputError). Blocking: decodes the image in full."""
+    data = decode_inline(value, field, limits.max_bytes) if fetched is None else fetched
     if len(data) > limits.max_bytes:
         raise InputError(field, f"image is larger than {limits.max_bytes} bytes")
-    await asyncio.to_thread(check_image, data, field, limits.max_pixels, limits.max_side)
-    return data
+    return data, check_image(data, field, limits.max_pixels, limits.max_side)
 
 
 def make_client(limits: FetchLimits) -> httpx.AsyncClient:

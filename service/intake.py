@@ -3,12 +3,13 @@
 import asyncio
 import time
 
+import httpx
 from fastapi import Request
 from pydantic import ValidationError
 
 from schemas import MODEL_SLUG, InpaintRequest, describe_validation_error
 from service.errors import ApiError
-from service.inputs import check_webhook_url, load_input
+from service.inputs import FetchLimits, check_webhook_url, fetch_url, looks_like_url, read_input
 from service.job_service import JobService, run_blocking
 from service.jobs import JobRecord
 from service.logs import redact_url
@@ -48,6 +49,7 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
                  deadline: float | None = None) -> tuple[JobRecord, dict[str, str]]:
     """Validate, limit, fetch inputs (within `deadline`, a monotonic time), charge, store, dispatch.
     Returns the record and extra headers."""
+    received = time.monotonic()
     settings = jobs.settings
     inpaint = await parse_request(request, slug, settings.max_body_bytes)
     if inpaint.webhook_url is not None:
@@ -61,19 +63,39 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
         jobs.check_rate(owner)
         jobs.check_room()
 
-    await run_blocking(early_checks)
-    limits, client = request.app.state.fetch_limits, request.app.state.http
-    fetching = asyncio.gather(load_input(inpaint.image, "image", limits, client),
-                              load_input(inpaint.mask, "mask", limits, client))
+    limits = request.app.state.fetch_limits
+    urls = {field: value for field, value in (("image", inpaint.image), ("mask", inpaint.mask))
+            if looks_like_url(value)}
+    fetched: dict[str, bytes] = {}
+    if urls:  # refuse a limited caller before fetching anything for them
+        await run_blocking(early_checks)
+        fetch_started = time.monotonic()
+        fetched = await fetch_inputs(urls, limits, request.app.state.http, deadline, settings.v1_timeout_seconds)
+        received += time.monotonic() - fetch_started  # the remote host's time is not the service's own
+
+    def take_in() -> tuple[JobRecord, int | None]:
+        """All the blocking work of a submit, in one thread hop: limits, decoding the inputs, storing the job."""
+        if not urls:
+            early_checks()
+        image_bytes, image = read_input(inpaint.image, "image", limits, fetched.get("image"))
+        mask_bytes, mask = read_input(inpaint.mask, "mask", limits, fetched.get("mask"))
+        return jobs.admit(owner, inpaint.params(), image_bytes, mask_bytes, base_url, decoded=(image, mask),
+                          received=received, api="v1" if sync else "v2",
+                          image_from=redact_url(inpaint.image), mask_from=redact_url(inpaint.mask))
+
+    record, left = await run_blocking(take_in)
+    request.state.request_id = record.id
+    return record, ({} if left is None else {"x-remaining-credits": str(left)})
+
+
+async def fetch_inputs(urls: dict[str, str], limits: FetchLimits, client: httpx.AsyncClient,
+                       deadline: float | None, v1_timeout: float) -> dict[str, bytes]:
+    """The bytes behind the inputs given as URLs, fetched concurrently on the event loop."""
+    fetching = asyncio.gather(*(fetch_url(url, field, limits, client) for field, url in urls.items()))
     try:
         async with asyncio.timeout_at(None if deadline is None else asyncio.get_running_loop().time()
                                       + (deadline - time.monotonic())):
-            image, mask = await fetching
+            return dict(zip(urls, await fetching))
     except TimeoutError:
         raise ApiError(504, "fetching the image and mask took longer than the request's time budget "
-                            f"({settings.v1_timeout_seconds:g}s for v1); use smaller or faster inputs, or v2") from None
-    record, left = await run_blocking(
-        lambda: jobs.admit(owner, inpaint.params(), image, mask, base_url, api="v1" if sync else "v2",
-                           image_from=redact_url(inpaint.image), mask_from=redact_url(inpaint.mask)))
-    request.state.request_id = record.id
-    return record, ({} if left is None else {"x-remaining-credits": str(left)})
+                            f"({v1_timeout:g}s for v1); use smaller or faster inputs, or v2") from None

@@ -9,9 +9,10 @@ unless the caller's content was the cause, the webhook sent). Backends only stor
 import asyncio
 import io
 import logging
-from collections import OrderedDict
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -34,6 +35,10 @@ CANCEL_CHECK_INTERVAL = 0.5  # seconds between cancel-flag reads from the store 
 STORE_POLL_INTERVAL = 0.1  # long-poll cadence where the store cannot notify (Modal)
 MAX_ATTEMPTS = 2  # a job whose worker went silent is run once more, then FAILED
 MAX_LOCAL_CANCELS = 10_000
+# Decoded inputs waiting in memory for this process's worker: at most this many jobs and pixels (image + mask).
+# A job that does not fit has its stored bytes decoded by the worker instead.
+MAX_HANDED_OVER_JOBS = 16
+MAX_HANDED_OVER_PIXELS = 2 * 4096 * 4096  # one job at the default input pixel cap, or many photo-sized ones
 
 
 @dataclass
@@ -61,6 +66,41 @@ class Dispatcher(Protocol):
         """The outcome when the job ends within `timeout`, else None. Raises WorkerFailed."""
 
 
+class DecodedInputs:
+    """The images decoded at submit, kept for the worker in this process so that no input is decoded twice.
+    Bounded by jobs and by pixels; a job that does not fit is left out (its worker decodes the stored bytes),
+    so the jobs kept are the oldest, the next to run. Entries go when the worker takes them or the job ends."""
+
+    def __init__(self, max_jobs: int = MAX_HANDED_OVER_JOBS, max_pixels: int = MAX_HANDED_OVER_PIXELS):
+        self.max_jobs, self.max_pixels = max_jobs, max_pixels
+        self._entries: dict[str, tuple[Any, Any]] = {}
+        self.pixels = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _pixels(images: tuple[Any, Any]) -> int:
+        return sum(image.width * image.height for image in images)
+
+    def put(self, job_id: str, image: Any, mask: Any) -> bool:
+        size = self._pixels((image, mask))
+        with self._lock:
+            if len(self._entries) >= self.max_jobs or self.pixels + size > self.max_pixels:
+                return False
+            self._entries[job_id] = (image, mask)
+            self.pixels += size
+            return True
+
+    def take(self, job_id: str) -> tuple[Any, Any] | None:
+        with self._lock:
+            images = self._entries.pop(job_id, None)
+            if images is not None:
+                self.pixels -= self._pixels(images)
+            return images
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 async def run_blocking(function: Callable[..., Any], *args: Any) -> Any:
     """Store calls block (SQLite, or a network round trip on Modal): run them off the event loop."""
     return await asyncio.to_thread(function, *args)
@@ -69,7 +109,8 @@ async def run_blocking(function: Callable[..., Any], *args: Any) -> Any:
 class JobService:
     def __init__(self, settings: Settings, records: JobRecords, inputs: InputBlobs, counters: Counters,
                  storage: ResultStorage, dispatcher: Dispatcher, changes: Changes | None = None,
-                 on_terminal: Callable[[JobRecord], None] | None = None, inline_reads: bool = False):
+                 on_terminal: Callable[[JobRecord], None] | None = None, inline_reads: bool = False,
+                 hand_over_inputs: bool = False):
         self.settings = settings
         self.records, self.inputs, self.counters = records, inputs, counters
         self.storage, self.dispatcher = storage, dispatcher
@@ -84,6 +125,9 @@ class JobService:
         # networked store (Modal), go through run_blocking.
         self.inline_reads = inline_reads
         self._prices = pricing.price_table()  # list prices updated from GPU_PRICE_PER_SECOND, read once
+        # Where this process's dispatcher runs the jobs (embedded), the images decoded at submit go to the worker.
+        self.hand_over_inputs = hand_over_inputs
+        self.decoded = DecodedInputs()
 
     async def read(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run a read-only store call from a handler: inline where reads are cheap, else off the loop."""
@@ -103,8 +147,11 @@ class JobService:
                         f"retry shortly", 5, time.time())
 
     def admit(self, owner: str, params: InpaintParams, image: bytes, mask: bytes, base_url: str,
+              decoded: tuple[Any, Any] | None = None, received: float | None = None,
               **log_fields: Any) -> tuple[JobRecord, int | None]:
         """Charge, store and dispatch a validated request. Returns the record and the credits left (or None).
+        `decoded`: the image and mask as decoded by validation (handed to this process's worker);
+        `received`: when the request arrived (time.monotonic()), for the job's intake time.
         `log_fields` go into the job's QUEUED log line."""
         settings = self.settings
         spend_daily(self.counters, params.samples, settings.daily_image_cap)
@@ -119,6 +166,8 @@ class JobService:
                            webhook_url=params.webhook_url)
         try:
             self.inputs.put(record.id, image, mask)
+            if received is not None:
+                record.intake_time = time.monotonic() - received
             created = self.records.create(record, settings.max_queue_depth)
         except Exception as exc:  # StoreUnavailable, or a networked store's own errors (Modal)
             self.fault = str(exc)
@@ -137,6 +186,8 @@ class JobService:
             raise self._queue_full()
         # Logged before the dispatch, so it always precedes the worker's PROCESSING line.
         log_event("job", request_id=record.id, status="QUEUED", owner=owner, samples=params.samples, **log_fields)
+        if decoded is not None and self.hand_over_inputs:
+            self.decoded.put(record.id, *decoded)
         try:
             self.dispatcher.submit(record.id)
         except Exception as exc:
@@ -271,9 +322,12 @@ class JobService:
         return should_stop
 
     def input_images(self, job_id: str) -> tuple[Any, Any] | None:
-        """The job's image and mask as PIL images (lazily decoded), or None when its inputs are gone."""
+        """The job's image and mask as PIL images, or None when its inputs are gone: the images decoded at
+        submit where they were handed over in this process, else the stored bytes (lazily decoded)."""
         from PIL import Image
 
+        if (handed := self.decoded.take(job_id)) is not None:
+            return handed
         inputs = self.inputs.get(job_id)
         if inputs is None:
             return None
@@ -316,6 +370,7 @@ class JobService:
         """What follows a job's end, run by the one caller that ended it. Each step is attempted whatever the
         others do: a failing store must not cost the caller their webhook."""
         self._cancelled_here.pop(record.id, None)
+        self.decoded.take(record.id)
         steps = [("deleting the inputs", lambda: self.inputs.delete(record.id))]
         if record.gpu_seconds is not None:
             steps.append(("adding to the key's daily usage", lambda: add_usage(self.counters, record)))

@@ -39,6 +39,7 @@ class JobRecord(BaseModel):
     cost_usd: float | None = None  # gpu_seconds at the configured price of GPU_TYPE (None when unset)
     batch_size: int | None = None  # jobs in the pipeline call this job ran in
     cold_start_time: float | None = None  # seconds of model loading this job waited for (first jobs only)
+    intake_time: float | None = None  # the web tier's own seconds from the request's arrival to storing the job
     progress_step: int | None = None
     progress_total: int | None = None
     heartbeat_at: float | None = None  # last sign of life from the worker running it
@@ -62,11 +63,22 @@ class JobRecord(BaseModel):
             "inference_time": _round(self.inference_time),
             "queue_time": _round(queue_time),
             "total_time": _round(total_time),
+            "overhead_time": _round(self.overhead_time),
             "gpu_seconds": _round(self.gpu_seconds),
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
             "batch_size": self.batch_size,
             "cold_start_time": _round(self.cold_start_time),
         }
+
+    @property
+    def overhead_time(self) -> float | None:
+        """The service's own seconds for a completed job: taking the request in (intake_time) plus the worker's
+        time outside the model call (total_time - queue_time - inference_time). Waiting in the queue and
+        fetching URL inputs are not counted."""
+        if self.inference_time is None or self.started_at is None or self.finished_at is None:
+            return None
+        running = self.finished_at - self.started_at - self.inference_time
+        return max(0.0, running) + (self.intake_time or 0.0)
 
 
 def _round(seconds: float | None) -> float | None:

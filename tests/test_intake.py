@@ -1,0 +1,208 @@
+"""Taking a submission in: each input decoded once and handed to the worker, one thread hop per submit,
+and the service's own time (`metrics.overhead_time`)."""
+
+import base64
+import threading
+
+import httpx
+import pytest
+from PIL import Image
+
+import service.intake
+from service.app import create_app
+from service.backend import build_embedded
+from service.job_service import DecodedInputs
+from tests.images import box_mask, gradient_image, png_bytes
+from tests.servers import KEY_A, ApiServer, SlowInpainter, StaticHost, free_port, make_settings
+from tests.test_service import BODY, SLUG, wait_terminal
+
+
+class RecordingInpainter:
+    """The real tiny-model inpainter, remembering the image objects each run was given."""
+
+    def __init__(self, inner, gate: threading.Event | None = None):
+        self.inner, self.gate, self.device = inner, gate, inner.device
+        self.given: list[tuple[Image.Image, Image.Image]] = []
+
+    def run(self, params, image, mask, on_step=None):
+        if self.gate is not None:
+            self.gate.wait(60)
+        self.given.append((image, mask))
+        return self.inner.run(params, image, mask, on_step=on_step)
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Counts Pillow's decodes of image files (each asks Image._getdecoder for its decoder: "zip" for PNG, "jpeg",
+    ...; "raw" only unpacks pixels already in memory, e.g. the model's output array, and is not counted)."""
+    calls = []
+    real = Image._getdecoder
+
+    def counting(mode, decoder_name, *args, **kwargs):
+        if decoder_name != "raw":
+            calls.append(decoder_name)
+        return real(mode, decoder_name, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "_getdecoder", counting)
+    return calls
+
+
+@pytest.fixture
+def decoded_at_submit(monkeypatch):
+    """The images validation decoded at submit, in order (image, mask, image, mask, ...)."""
+    seen = []
+    real = service.intake.read_input
+
+    def recording(*args, **kwargs):
+        data, image = real(*args, **kwargs)
+        seen.append(image)
+        return data, image
+
+    monkeypatch.setattr(service.intake, "read_input", recording)
+    return seen
+
+
+@pytest.fixture
+def hops(monkeypatch):
+    """Counts the thread hops `accept` makes."""
+    calls = []
+    real = service.intake.run_blocking
+
+    async def counting(function, *args):
+        calls.append(getattr(function, "__name__", repr(function)))
+        return await real(function, *args)
+
+    monkeypatch.setattr(service.intake, "run_blocking", counting)
+    return calls
+
+
+def serve(tmp_path, tiny_model_dir, inpainter, **overrides):
+    backend = build_embedded(make_settings(tmp_path, tiny_model_dir, **overrides), lambda: inpainter)
+    return backend.jobs, ApiServer(create_app(backend), free_port()).start()
+
+
+def client(server) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"x-api-key": KEY_A}, timeout=120)
+
+
+def test_a_job_runs_on_the_images_decoded_at_submit(tmp_path, tiny_model_dir, inpainter, decodes,
+                                                    decoded_at_submit, hops):
+    recording = RecordingInpainter(inpainter)
+    jobs, server = serve(tmp_path, tiny_model_dir, recording)
+    try:
+        with client(server) as http:
+            decodes.clear()
+            request_id = http.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+            assert wait_terminal(http, request_id)["status"] == "COMPLETED"
+            assert len(decodes) == 2  # the image and the mask, once each: at submit, and never again
+            assert hops == ["take_in"]  # inline inputs: all the blocking work of the submit in one hop
+            image, mask = recording.given[-1]
+            assert image is decoded_at_submit[0] and mask is decoded_at_submit[1]
+            assert image.size == (512, 512) and mask.mode == "L"
+            assert len(jobs.decoded) == 0 and jobs.decoded.pixels == 0  # taken by the worker
+
+            decodes.clear()  # v1 takes the same path
+            assert http.post(f"/v1/{SLUG}", json=BODY).status_code == 200
+            assert len(decodes) == 2 and recording.given[-1][0] is decoded_at_submit[2]
+    finally:
+        server.stop()
+
+
+def test_without_the_hand_over_the_worker_decodes_the_stored_bytes(tmp_path, tiny_model_dir, inpainter, decodes,
+                                                                   decoded_at_submit):
+    recording = RecordingInpainter(inpainter)
+    jobs, server = serve(tmp_path, tiny_model_dir, recording)
+    jobs.decoded = DecodedInputs(max_jobs=0)  # nothing fits: as after a restart, or on Modal
+    try:
+        with client(server) as http:
+            decodes.clear()
+            request_id = http.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+            assert wait_terminal(http, request_id)["status"] == "COMPLETED"
+            assert len(decodes) == 4  # validated at submit, then decoded again from the stored bytes
+            image, _ = recording.given[-1]
+            assert image is not decoded_at_submit[0]
+            assert image.tobytes() == decoded_at_submit[0].tobytes()
+    finally:
+        server.stop()
+
+
+def test_handed_over_images_go_when_the_job_ends_before_running(tmp_path, tiny_model_dir, inpainter):
+    gate = threading.Event()
+    jobs, server = serve(tmp_path, tiny_model_dir, RecordingInpainter(inpainter, gate=gate))
+    try:
+        with client(server) as http:
+            running = http.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+            queued = http.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+            assert http.get(f"/v2/requests/{queued}/status").json()["status"] == "QUEUED"
+            assert len(jobs.decoded) == 1  # the queued job's; the running one's was taken by the worker
+            assert jobs.inputs.get(queued) is not None  # its bytes are stored all the same (it survives a restart)
+            assert http.post(f"/v2/requests/{queued}/cancel").json()["status"] == "CANCELLED"
+            assert len(jobs.decoded) == 0 and jobs.decoded.pixels == 0
+            gate.set()
+            assert wait_terminal(http, running)["status"] == "COMPLETED"
+    finally:
+        gate.set()
+        server.stop()
+
+
+def test_the_hand_over_is_bounded_by_jobs_and_pixels():
+    small, big = Image.new("RGB", (10, 10)), Image.new("RGB", (100, 100))
+    decoded = DecodedInputs(max_jobs=2, max_pixels=10_200)
+    assert decoded.put("a", small, small) and decoded.pixels == 200
+    assert not decoded.put("b", big, small)  # over the pixel cap: left out, decoded from the bytes instead
+    assert decoded.put("c", small, small)
+    assert not decoded.put("d", small, small)  # over the job cap
+    assert len(decoded) == 2 and decoded.pixels == 400
+    assert decoded.take("a") == (small, small) and decoded.take("a") is None
+    assert decoded.take("b") is None and decoded.pixels == 200
+
+
+def test_url_inputs_fetch_between_two_hops(tmp_path, tiny_model_dir, inpainter, hops, decodes):
+    host = StaticHost({"/image.png": (png_bytes(gradient_image(300, 200)), "image/png"),
+                       "/mask.png": (png_bytes(box_mask(300, 200, (50, 50, 150, 150))), "image/png")})
+    jobs, server = serve(tmp_path, tiny_model_dir, inpainter, allow_private_urls=True)
+    try:
+        with client(server) as http:
+            decodes.clear()
+            body = {**BODY, "image": f"{host.url}/image.png", "mask": f"{host.url}/mask.png"}
+            assert http.post(f"/v1/{SLUG}", json=body).status_code == 200
+            # Limits are checked before anything is fetched for the caller; the rest after, in one hop.
+            assert hops == ["early_checks", "take_in"]
+            assert len(decodes) == 2
+    finally:
+        server.stop()
+        host.stop()
+
+
+def test_overhead_time_is_the_services_own_time(tmp_path, tiny_model_dir, inpainter):
+    jobs, server = serve(tmp_path, tiny_model_dir, inpainter)
+    try:
+        with client(server) as http:
+            request_id = http.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+            wait_terminal(http, request_id)
+            metrics = http.get(f"/v2/requests/{request_id}").json()["metrics"]
+            record = jobs.records.get(request_id)
+            assert 0 < record.intake_time < metrics["total_time"]
+            running_outside_model = metrics["total_time"] - metrics["queue_time"] - metrics["inference_time"]
+            assert running_outside_model > 0
+            assert metrics["overhead_time"] == pytest.approx(record.intake_time + running_outside_model, abs=1e-3)
+            assert metrics["overhead_time"] < metrics["total_time"]
+
+            cancelled = http.post(f"/v2/{SLUG}", json={**BODY, "num_inference_steps": 50}).json()["request_id"]
+            http.post(f"/v2/requests/{cancelled}/cancel")
+            failed = wait_terminal(http, cancelled)
+            assert failed["status"] == "FAILED" and failed["metrics"]["overhead_time"] is None
+    finally:
+        server.stop()
+
+
+def test_base64_wrapped_over_lines_is_read():
+    from service.inputs import InputError, decode_inline
+
+    data = png_bytes(box_mask(64, 64, (8, 8, 32, 32)))
+    encoded = base64.b64encode(data).decode()
+    wrapped = "\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+    assert decode_inline(encoded, "mask", 1 << 20) == data
+    assert decode_inline(wrapped + "\n", "mask", 1 << 20) == data
+    with pytest.raises(InputError, match="nor valid base64"):
+        decode_inline(wrapped + "!", "mask", 1 << 20)
