@@ -141,6 +141,8 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
     call returns); the call stops early only when every job of the group has ended."""
     run_started = time.monotonic()
     total_images = sum(job.params.samples for job in group)
+    for job in group:
+        job.last_progress = run_started
 
     def live() -> list[_Job]:
         return [job for job in group if job.outcome is None]
@@ -163,7 +165,9 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
         if now - run_started > timeout:
             raise TimedOut()
         for job in live():
-            if now - job.last_progress >= PROGRESS_WRITE_INTERVAL or step == total:
+            # Every PROGRESS_WRITE_INTERVAL from the start, not at the first or last step: these writes fall
+            # inside the model call's time, and completing the job records the final step anyway.
+            if now - job.last_progress >= PROGRESS_WRITE_INTERVAL and step < total:
                 job.last_progress = now
                 jobs.progress(job.id, step, total)
 
