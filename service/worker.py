@@ -78,14 +78,10 @@ def run_jobs(job_ids: list[str], jobs: JobService, inpainter: Any, timeout: floa
     `cold_start`: seconds of model loading the jobs waited for (shown in their metrics); `on_start(job_id)` is
     called as each job's group comes up, before the job starts."""
     outcomes: dict[str, JobOutcome | None] = {job_id: None for job_id in job_ids}
-    waiting: list[tuple[str, InpaintParams | None]] = []
-    for job_id in job_ids:
-        record = jobs.records.get(job_id)
-        if record is not None and not record.status.terminal:
-            try:
-                waiting.append((job_id, InpaintParams.model_validate(record.params, strict=False)))
-            except Exception:  # reported when the job starts
-                waiting.append((job_id, None))
+    if max_images <= 1 or len(job_ids) == 1:  # nothing to group: no need to read the requests first
+        waiting: list[tuple[str, InpaintParams | None]] = [(job_id, None) for job_id in job_ids]
+    else:
+        waiting = _requests(job_ids, jobs)
     for group in _groups(waiting, max_images):
         for job_id, _ in group:
             on_start(job_id)
@@ -94,6 +90,19 @@ def run_jobs(job_ids: list[str], jobs: JobService, inpainter: Any, timeout: floa
             _run_group(started, jobs, inpainter, timeout, cold_start)
             outcomes.update({job.id: job.outcome for job in started})
     return outcomes
+
+
+def _requests(job_ids: list[str], jobs: JobService) -> list[tuple[str, InpaintParams | None]]:
+    """The unfinished jobs among `job_ids` with their requests, for grouping (None: unreadable, runs alone)."""
+    waiting: list[tuple[str, InpaintParams | None]] = []
+    for job_id in job_ids:
+        record = jobs.records.get(job_id)
+        if record is not None and not record.status.terminal:
+            try:
+                waiting.append((job_id, InpaintParams.model_validate(record.params, strict=False)))
+            except Exception:  # reported when the job starts
+                waiting.append((job_id, None))
+    return waiting
 
 
 def _start(job_id: str, jobs: JobService, outcomes: dict[str, JobOutcome | None]) -> _Job | None:
