@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REAL_MODEL_NAME = "stable-diffusion-v1-5/stable-diffusion-inpainting"
@@ -120,6 +120,7 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(10.0, ge=0, le=1000)
     # The GPU this deployment pays for (a Modal GPU type such as L4 or H100): prices each job's GPU seconds
     # in metrics.cost_usd (prices in service/pricing.py; override with GPU_PRICE_PER_SECOND). Unset: no cost.
+    gpu_price_per_second: str = ""  # overrides of the list prices: "L4=0.0003,H100=0.0012" or a JSON object
     gpu_type: str | None = None
 
     @field_validator("api_keys", mode="before")
@@ -146,14 +147,28 @@ class Settings(BaseSettings):
                 return budget
         return self.default_key_credits
 
+    @field_validator("gpu_price_per_second")
+    @classmethod
+    def _valid_prices(cls, value):
+        from service.pricing import parse_overrides
+
+        parse_overrides(value)  # a malformed price list is refused at start-up, saying what is wrong
+        return value
+
     @field_validator("gpu_type", mode="before")
     @classmethod
-    def _known_gpu(cls, value):
-        from service.pricing import price_per_second
+    def _known_gpu(cls, value, info: ValidationInfo):
+        from service.pricing import ENV_VAR, price_per_second, price_table
 
-        if value:
-            price_per_second(value)  # a GPU type without a price is refused at start-up, with the known ones
+        if value:  # a GPU type without a price is refused at start-up, with the known ones
+            price_per_second(value, price_table(env={ENV_VAR: info.data.get("gpu_price_per_second", "")}))
         return value or None
+
+    def price_table(self) -> dict[str, float]:
+        """USD per GPU second by GPU type: the list prices with GPU_PRICE_PER_SECOND's overrides."""
+        from service.pricing import ENV_VAR, price_table
+
+        return price_table(env={ENV_VAR: self.gpu_price_per_second})
 
     @field_validator("public_base_url", "s3_public_base_url", "s3_endpoint_url", "s3_bucket", "s3_region",
                      mode="before")

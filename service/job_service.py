@@ -124,7 +124,7 @@ class JobService:
         # run on the event loop; a thread hop would cost more than the read. Writes, and every call to a
         # networked store (Modal), go through run_blocking.
         self.inline_reads = inline_reads
-        self._prices = pricing.price_table()  # list prices updated from GPU_PRICE_PER_SECOND, read once
+        self._prices = settings.price_table()  # list prices updated from GPU_PRICE_PER_SECOND, read once
         # Where this process's dispatcher runs the jobs (embedded), the images decoded at submit go to the worker.
         self.hand_over_inputs = hand_over_inputs
         self.decoded = DecodedInputs()

@@ -121,8 +121,10 @@ def test_container_env_carries_the_deploy_config_but_no_secrets(recorded_app, mo
     monkeypatch.setenv("API_KEYS", "sk-secret")
     monkeypatch.setenv("TORCH_COMPILE", "1")
     monkeypatch.setenv("KEY_CREDITS", "sk-secret=5")
+    monkeypatch.setenv("GPU_PRICE_PER_SECOND", "A10G=0.0004")
     fresh = module.container_env()
     assert fresh["TORCH_COMPILE"] == "1"
+    assert fresh["GPU_PRICE_PER_SECOND"] == "A10G=0.0004" and fresh["GPU_TYPE"] == "A10G"  # prices reach the GPUs
     assert "sk-secret" not in json_dump(fresh)
 
 

@@ -68,3 +68,16 @@ def test_unknown_gpu_and_negative_seconds_are_refused():
 ])
 def test_device_names_map_to_price_keys(device, gpu):
     assert pricing.gpu_from_device_name(device) == gpu
+
+
+def test_settings_price_jobs_with_overrides_and_refuse_what_cannot_be_priced():
+    from pydantic import ValidationError
+
+    from service.config import Settings
+
+    assert Settings(gpu_type="L4", gpu_price_per_second="L4=0.001").price_table()["L4"] == 0.001
+    assert Settings(gpu_type="Z9", gpu_price_per_second="Z9=0.1").price_table()["Z9"] == 0.1
+    with pytest.raises(ValidationError, match="no price for GPU type 'Z9'"):
+        Settings(gpu_type="Z9")
+    with pytest.raises(ValidationError, match="is not GPU=price"):
+        Settings(gpu_price_per_second="L4:abc")
