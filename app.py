@@ -103,8 +103,9 @@ s3_secret = modal.Secret.from_name(cfg.s3_secret)  # S3_BUCKET, AWS_REGION, AWS_
 webhook_secret = modal.Secret.from_name(cfg.webhook_secret)  # WEBHOOK_SECRET (whsec_...)
 runtime_env = container_env()
 # Modal's limit covers one call; a batched call may run its jobs in turn (those that cannot share a pipeline
-# call), each under its own JOB_TIMEOUT_SECONDS, so the call's limit grows with the batch.
-GPU_CALL_TIMEOUT = min(86400, cfg.timeout * cfg.batch_max_images)
+# call, or all of them again one by one after a failed batch call), each under its own JOB_TIMEOUT_SECONDS,
+# so the call's limit grows with the batch.
+GPU_CALL_TIMEOUT = cfg.timeout if cfg.batch_max_images == 1 else min(86400, 2 * cfg.timeout * cfg.batch_max_images)
 
 
 def _settings() -> Settings:

@@ -85,10 +85,16 @@ def run_jobs(job_ids: list[str], jobs: JobService, inpainter: Any, timeout: floa
     for group in _groups(waiting, max_images):
         for job_id, _ in group:
             on_start(job_id)
-        started = [job for job in (_start(job_id, jobs, outcomes) for job_id, _ in group) if job is not None]
-        if started:
-            _run_group(started, jobs, inpainter, timeout, cold_start)
-            outcomes.update({job.id: job.outcome for job in started})
+        try:
+            started = [job for job in (_start(job_id, jobs, outcomes) for job_id, _ in group) if job is not None]
+            if started:
+                _run_group(started, jobs, inpainter, timeout, cold_start)
+                outcomes.update({job.id: job.outcome for job in started})
+        except StoreUnavailable:
+            raise  # the embedded dispatcher keeps every job of the round and retries
+        except Exception:  # e.g. a networked store's error: the later groups still run
+            log.exception("jobs %s: the worker failed around them; the lease reaper retries any left unfinished",
+                          ", ".join(job_id for job_id, _ in group))
     return outcomes
 
 
@@ -178,13 +184,18 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
             # inside the model call's time, and completing the job records the final step anyway.
             if now - job.last_progress >= PROGRESS_WRITE_INTERVAL and step < total:
                 job.last_progress = now
-                jobs.progress(job.id, step, total)
+                try:
+                    jobs.progress(job.id, step, total)
+                except Exception:  # a lost progress write is harmless; stopping the batch for it is not
+                    log.warning("job %s: writing its progress failed", job.id, exc_info=True)
 
+    in_call = True  # an error raised by the pipeline call (not by what follows) may be one job's input
     try:
         if len(group) == 1:
             outputs = [inpainter.run(group[0].params, group[0].image, group[0].mask, on_step=on_step)]
         else:
             outputs = inpainter.run_batch([(job.params, job.image, job.mask) for job in group], on_step=on_step)
+        in_call = False
         busy = time.monotonic() - run_started
         for job, output in zip(group, outputs):
             if job.outcome is not None:  # cancelled during the call: its images are dropped
@@ -212,10 +223,12 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
     except StoreUnavailable:
         raise  # the dispatcher keeps the jobs and retries once the store works again
     except Exception as exc:  # the pipeline call failed
-        if len(live()) > 1:  # one job's bad input must not fail its batch-mates: each runs again alone
+        if in_call and len(live()) > 1:  # one job's bad input must not fail its batch-mates: each runs alone
             log.warning("a batch of %d jobs failed (%s: %s); running its jobs one by one", len(live()),
                         type(exc).__name__, exc)
             for job in live():
+                for waiting in live():  # a sign of life for those still waiting, so the lease reaper waits too
+                    jobs.records.update(waiting.id, heartbeat_at=time.time())
                 _run_group([job], jobs, inpainter, timeout, cold_start)
             return
         log.exception("job %s crashed", ", ".join(job.id for job in live()))

@@ -234,3 +234,29 @@ def test_a_queued_job_waiting_behind_an_earlier_group_is_not_reaped_as_lost(tmp_
     # waiting for its own group is left alone, and runs once.
     assert reaped == [1]
     assert jobs.records.get(later).status == JobStatus.COMPLETED and jobs.records.get(later).attempts == 1
+
+
+def test_a_failing_progress_write_neither_stops_nor_reruns_a_batch(jobs, inpainter, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("store hiccup")
+
+    monkeypatch.setattr(jobs, "progress", broken)
+    ids = [submit(jobs, seed=s, num_inference_steps=60) for s in (1, 2)]
+    model = Hooked(inpainter)
+    outcomes = run_jobs(ids, jobs, model, max_images=4)
+    assert model.calls == [2] and all(o.record.status == JobStatus.COMPLETED for o in outcomes.values())
+
+
+def test_an_error_around_one_group_does_not_strand_the_later_groups(jobs, inpainter, monkeypatch):
+    first, later = submit(jobs, seed=1), submit(jobs, seed=2, num_inference_steps=21)
+    real_start = jobs.start
+
+    def start(job_id):
+        if job_id == first:
+            raise RuntimeError("a networked store's error")
+        return real_start(job_id)
+
+    monkeypatch.setattr(jobs, "start", start)
+    outcomes = run_jobs([first, later], jobs, Hooked(inpainter), max_images=4)
+    assert outcomes[later].record.status == JobStatus.COMPLETED
+    assert jobs.records.get(first).status == JobStatus.QUEUED  # left for the lease reaper, not lost
