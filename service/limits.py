@@ -17,6 +17,11 @@ def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _day(ts: float) -> str:
+    """The UTC day of a timestamp, YYYY-MM-DD: the key of per-day counters."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
+
+
 def too_many(message: str, wait: float, now: float) -> ApiError:
     wait = max(1, math.ceil(wait))
     return ApiError(429, message, headers={"Retry-After": str(wait), "x-rate-limit-reset-at-utc": _utc(now + wait)})
@@ -88,7 +93,7 @@ def spend_daily(counters: Counters, images: int, cap: int, now: float | None = N
             return None, False
         return {"images": used + images}, True
 
-    if not counters.modify(f"daily:{day:%Y-%m-%d}", spend):
+    if not counters.modify(f"daily:{_day(now)}", spend):
         midnight = (day + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
         raise too_many(f"the deployment's daily cap of {cap} images is reached; it resets at 00:00 UTC",
                        midnight.timestamp() - now, now)
@@ -98,16 +103,11 @@ def refund_daily(counters: Counters, images: int, cap: int, now: float | None = 
     """Give back a day's images charged for a request that was then refused (queue full, no credits)."""
     if cap <= 0:
         return
-    day = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
-    counters.modify(f"daily:{day:%Y-%m-%d}",
+    counters.modify(f"daily:{_day(time.time() if now is None else now)}",
                     lambda doc: (None, None) if doc is None else ({"images": max(0, doc["images"] - images)}, None))
 
 
 USAGE_DAYS = 31  # how far back GET /usage reaches (and what Modal's sweep keeps alive)
-
-
-def _day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
 
 
 def add_usage(counters: Counters, record: JobRecord) -> None:

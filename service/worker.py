@@ -204,10 +204,8 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
                 end(job, Failure.BLOCKED, f"content blocked by the safety checker "
                                           f"({sum(output.blocked)} of {len(output.blocked)} images flagged)", busy)
                 continue
-            stored_from = time.monotonic()
             try:
-                job.outcome = _store_results(job, jobs, output, lambda: gpu_share(job, busy) + time.monotonic()
-                                             - stored_from, len(group), cold_start)
+                job.outcome = _store_results(job, jobs, output, gpu_share(job, busy), len(group), cold_start)
             except StorageError as exc:
                 end(job, Failure.STORAGE, f"storing the result failed: {exc}", busy)
             except StoreUnavailable:
@@ -243,8 +241,11 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
         raise
 
 
-def _store_results(job: _Job, jobs: JobService, output, gpu_seconds: Callable[[], float], batch_size: int,
+def _store_results(job: _Job, jobs: JobService, output, call_share: float, batch_size: int,
                    cold_start: float | None) -> JobOutcome | None:
+    """Encode and store the job's images, then complete it; its GPU seconds are its share of the model call
+    plus the time spent here."""
+    started = time.monotonic()
     token = secrets.token_urlsafe(18)
     stored, files = [], []
     output_format = job.params.output_format
@@ -256,7 +257,7 @@ def _store_results(job: _Job, jobs: JobService, output, gpu_seconds: Callable[[]
         files.append((data, content_type))
     done = jobs.complete(job.id, inference_time=output.inference_time, images=stored, seeds=output.seeds,
                          progress_step=output.steps_run, progress_total=output.steps_run,
-                         **jobs.usage_fields(gpu_seconds(), batch_size, cold_start))
+                         **jobs.usage_fields(call_share + time.monotonic() - started, batch_size, cold_start))
     if done is None:  # it ended meanwhile (cancelled, reaped): the stored files are orphans
         jobs.storage.delete([s.key for s in stored])
         current = jobs.records.get(job.id)
