@@ -62,7 +62,6 @@ class Inpainter:
         self.pipe = load_pipeline(model_dir, device=device, dtype=dtype, safety_checker=safety_checker,
                                   xformers=xformers, compile_unet=compile_unet)
         self.device = str(self.pipe.device)
-        self._device_type = self.pipe.device.type  # pipe.device walks every module: look it up once
         self.feather_px = feather_px
         self.schedulers = SchedulerCache(self.pipe.scheduler.config)
         self._lock = threading.Lock()
@@ -75,7 +74,6 @@ class Inpainter:
         if self.compile_unet and device.startswith("cuda"):
             optimize_for_gpu(self.pipe)
         self.device = str(self.pipe.device)
-        self._device_type = self.pipe.device.type
         return self
 
     def run(
@@ -125,8 +123,9 @@ class Inpainter:
                         num_images_per_prompt=1)
         with self._lock:
             self.pipe.scheduler = self.schedulers.get(first.scheduler)
-            generators = [torch.Generator(device=self._device_type).manual_seed(s) for job_seeds in seeds
-                          for s in job_seeds]
+            # self.device, not pipe.device: that walks every module of the pipeline on each request
+            device_type = torch.device(self.device).type
+            generators = [torch.Generator(device=device_type).manual_seed(s) for job_seeds in seeds for s in job_seeds]
             started = time.perf_counter()
             result = self.pipe(**call, height=height, width=width, num_inference_steps=first.num_inference_steps,
                                guidance_scale=first.guidance_scale, strength=first.strength, generator=generators,
