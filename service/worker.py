@@ -337,10 +337,14 @@ class EmbeddedDispatcher:
                 while True:
                     if (outcome := self._outcomes.pop(job_id, None)) is not None:
                         return outcome
-                    record = await self.jobs.read(self.jobs.records.get, job_id)
-                    # Ended, and the worker is done with it (else its outcome, with the bytes, is a moment away).
-                    if record is None or (record.status.terminal and job_id not in self._running):
-                        return self._outcomes.pop(job_id, None) or (JobOutcome(record) if record else None)
+                    # While the worker holds the job its outcome is handed over here, so the record is not read
+                    # at every progress write: that read would contend with the worker for the interpreter.
+                    if job_id not in self._running:
+                        record = await self.jobs.read(self.jobs.records.get, job_id)
+                        # Ended, and the worker is done with it (else its outcome, with the bytes, is a moment
+                        # away).
+                        if record is None or (record.status.terminal and job_id not in self._running):
+                            return self._outcomes.pop(job_id, None) or (JobOutcome(record) if record else None)
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return None
