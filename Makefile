@@ -13,7 +13,7 @@ TORCH_INDEX ?= auto
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TINY_MODEL ?= .models/tiny-sd-inpainting
 
-.PHONY: venv test demo serve tiny-model clean bench-serving bench-cold-start bench-gpu load-test
+.PHONY: venv test demo serve tiny-model clean bench-serving bench-floor bench-cold-start bench-gpu load-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ serve: $(STAMP)
 
 bench-serving: $(STAMP)
 	$(BIN)/python -m scripts.bench.serving
+
+bench-floor: $(STAMP)
+	$(BIN)/python -m scripts.bench.floor
 
 bench-cold-start: $(STAMP)
 	$(BIN)/python -m scripts.bench.cold_start
