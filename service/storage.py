@@ -47,10 +47,11 @@ class LocalStorage:
         self.root = root
         self.retries = retries
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._resolved_root = self.root.resolve()
 
     def path_for(self, key: str) -> Path | None:
-        path = (self.root / key).resolve()
-        if self.root.resolve() not in path.parents:
+        path = (self._resolved_root / key).resolve()
+        if self._resolved_root not in path.parents:
             return None
         return path
 

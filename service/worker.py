@@ -77,6 +77,7 @@ def run_jobs(job_ids: list[str], jobs: JobService, inpainter: Any, timeout: floa
     waiting for an earlier group stays QUEUED, never looks silent to the lease reaper.
     `cold_start`: seconds of model loading the jobs waited for (shown in their metrics); `on_start(job_id)` is
     called as each job's group comes up, before the job starts."""
+    job_ids = list(dict.fromkeys(job_ids))  # queued twice (restart recovery racing a submit, a redispatch): once
     outcomes: dict[str, JobOutcome | None] = {job_id: None for job_id in job_ids}
     if max_images <= 1 or len(job_ids) == 1:  # nothing to group: no need to read the requests first
         waiting: list[tuple[str, InpaintParams | None]] = [(job_id, None) for job_id in job_ids]
@@ -255,7 +256,7 @@ def _store_results(job: _Job, jobs: JobService, output, call_share: float, batch
         jobs.storage.put(key, data, content_type)
         stored.append(StoredImage(key=key, content_type=content_type, file_size=len(data), seed=seed))
         files.append((data, content_type))
-    done = jobs.complete(job.id, inference_time=output.inference_time, images=stored, seeds=output.seeds,
+    done = jobs.complete(job.id, files=files, inference_time=output.inference_time, images=stored, seeds=output.seeds,
                          progress_step=output.steps_run, progress_total=output.steps_run,
                          **jobs.usage_fields(call_share + time.monotonic() - started, batch_size, cold_start))
     if done is None:  # it ended meanwhile (cancelled, reaped): the stored files are orphans
@@ -292,6 +293,15 @@ class EmbeddedDispatcher:
 
     def bind(self, jobs: JobService) -> None:
         self.jobs = jobs
+        jobs.on_completed = self._hand_over  # a v1 caller gets its image before the worker's end-of-job chores
+
+    def _hand_over(self, outcome: JobOutcome) -> None:
+        """Give the job's v1 waiter (if any) its outcome with the image bytes, and wake it."""
+        job_id = outcome.record.id
+        with self._handover:
+            if job_id in self._waiting:
+                self._outcomes[job_id] = outcome
+        self.jobs.changes.notify(job_id)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="inpaint-worker", daemon=True)
@@ -390,10 +400,10 @@ class EmbeddedDispatcher:
                         for job_id in job_ids:
                             self._dispatched.pop(job_id, None)
                     for job_id, outcome in outcomes.items():
-                        with self._handover:
-                            if outcome is not None and job_id in self._waiting:
-                                self._outcomes[job_id] = outcome
-                        self.jobs.changes.notify(job_id)  # a v1 waiter takes the outcome now
+                        if outcome is not None and outcome.record.status != JobStatus.COMPLETED:
+                            self._hand_over(outcome)  # completions were handed over as they were stored
+                        else:  # a waiter that checked while the job was running reads its record now
+                            self.jobs.changes.notify(job_id)
                 else:
                     for job_id in job_ids:
                         self._dispatched.pop(job_id, None)

@@ -209,6 +209,17 @@ def test_a_job_waiting_for_an_earlier_group_stays_queued_until_its_group_runs(jo
     assert seen == [JobStatus.QUEUED, JobStatus.PROCESSING]  # seen at step 1 of each call
 
 
+def test_a_job_queued_twice_in_one_round_runs_once(jobs, inpainter):
+    """Restart recovery can queue a job that a submit queued too: in one round both copies would start (the
+    second as attempt 2) and share the call."""
+    first, other = submit(jobs, seed=1), submit(jobs, seed=2)
+    model = Hooked(inpainter)
+    outcomes = run_jobs([first, other, first], jobs, model, max_images=4)
+    assert model.calls == [2]
+    assert set(outcomes) == {first, other}
+    assert [jobs.records.get(job_id).attempts for job_id in (first, other)] == [1, 1]
+
+
 def test_a_queued_job_waiting_behind_an_earlier_group_is_not_reaped_as_lost(tmp_path, tiny_model_dir, inpainter):
     """The lease reaper runs while the first group holds the worker past the lease: the job taken into the same
     round but still waiting for its own group must not read as abandoned."""
