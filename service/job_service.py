@@ -128,9 +128,10 @@ class JobService:
         # Where this process's dispatcher runs the jobs (embedded), the images decoded at submit go to the worker.
         self.hand_over_inputs = hand_over_inputs
         self.decoded = DecodedInputs()
-        # Called with a completed job's outcome (record and image bytes) as soon as its usage is counted, before
-        # the rest of the end-of-job work: the embedded worker hands it to a waiting v1 caller this way.
-        self.on_completed: Callable[[JobOutcome], None] | None = None
+        # Called with every ended job's outcome (record, and a completed job's image bytes) once its usage and
+        # refund are counted, before the rest of the end-of-job work: the embedded worker hands it to a waiting
+        # v1 caller this way, from whichever thread ended the job.
+        self.on_ended: Callable[[JobOutcome], None] | None = None
 
     async def read(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run a read-only store call from a handler: inline where reads are cheap, else off the loop."""
@@ -351,13 +352,13 @@ class JobService:
 
     def complete(self, job_id: str, files: list[tuple[bytes, str]] | None = None, **results: Any) -> JobRecord | None:
         """COMPLETED with `results`, exactly once (None when the job had already ended). `files`: the stored
-        images' bytes and content types, for `on_completed`."""
+        images' bytes and content types, for `on_ended`."""
         done = self.records.finish(job_id, status=JobStatus.COMPLETED, **self._end_fields(), **results)
         self.fault = None
         if done is not None:
             log_event("job", request_id=job_id, status="COMPLETED", inference_time=done.inference_time,
                       images=len(done.images))
-            self._ended(done, JobOutcome(done, files or []))
+            self._ended(JobOutcome(done, files or []))
         return done
 
     def fail(self, job_id: str, failure: Failure, message: str, **usage: Any) -> JobRecord | None:
@@ -368,23 +369,24 @@ class JobService:
         self.fault = None
         if failed is not None:
             log_event("job", request_id=job_id, status="FAILED", failure=failure.value, error=message)
-            self._ended(failed)
+            self._ended(JobOutcome(failed))
         return failed
 
-    def _ended(self, record: JobRecord, outcome: JobOutcome | None = None) -> None:
+    def _ended(self, outcome: JobOutcome) -> None:
         """What follows a job's end, run by the one caller that ended it. Each step is attempted whatever the
-        others do: a failing store must not cost the caller their webhook. The usage is counted before a
-        completed job's outcome is handed on, so a caller who has the image also sees it in /usage."""
+        others do: a failing store must not cost the caller their webhook. Usage and refund come before the
+        outcome is handed on, so a caller who has the answer also sees them in /usage and its credits."""
+        record = outcome.record
         self._cancelled_here.pop(record.id, None)
         self.decoded.take(record.id)
         steps = []
         if record.gpu_seconds is not None:
             steps.append(("adding to the key's daily usage", lambda: add_usage(self.counters, record)))
-        if outcome is not None and self.on_completed is not None:
-            steps.append(("handing the result to its waiter", lambda: self.on_completed(outcome)))
-        steps.append(("deleting the inputs", lambda: self.inputs.delete(record.id)))
         if record.status == JobStatus.FAILED and refunded(record.failure):
             steps.append(("giving back the credits", lambda: refund_credits(self.counters, record)))
+        if self.on_ended is not None:
+            steps.append(("handing the outcome to its waiter", lambda: self.on_ended(outcome)))
+        steps.append(("deleting the inputs", lambda: self.inputs.delete(record.id)))
         if self.on_terminal is not None:
             steps.append(("the end-of-job hook (webhook)", lambda: self.on_terminal(record)))
         for what, step in steps:

@@ -293,7 +293,7 @@ class EmbeddedDispatcher:
 
     def bind(self, jobs: JobService) -> None:
         self.jobs = jobs
-        jobs.on_completed = self._hand_over  # a v1 caller gets its image before the worker's end-of-job chores
+        jobs.on_ended = self._hand_over  # a v1 caller gets its answer before the worker's end-of-job chores
 
     def _hand_over(self, outcome: JobOutcome) -> None:
         """Give the job's v1 waiter (if any) its outcome with the image bytes, and wake it."""
@@ -351,8 +351,8 @@ class EmbeddedDispatcher:
                     # at every progress write: that read would contend with the worker for the interpreter.
                     if job_id not in self._running:
                         record = await self.jobs.read(self.jobs.records.get, job_id)
-                        # Ended, and the worker is done with it (else its outcome, with the bytes, is a moment
-                        # away).
+                        # Ended, and no worker took it up during the read (else its outcome, with the bytes, is
+                        # handed over a moment later).
                         if record is None or (record.status.terminal and job_id not in self._running):
                             return self._outcomes.pop(job_id, None) or (JobOutcome(record) if record else None)
                     left = deadline - time.monotonic()
@@ -395,14 +395,15 @@ class EmbeddedDispatcher:
                                             self.batch_max_images, self._load_seconds,
                                             on_start=lambda job_id: self._dispatched.pop(job_id, None))
                         self._load_seconds = None  # only the first jobs waited for the load
+                        for outcome in outcomes.values():  # again: for a waiter that came after the job ended
+                            if outcome is not None:
+                                self._hand_over(outcome)
                     finally:
                         self._running.difference_update(job_ids)
                         for job_id in job_ids:
                             self._dispatched.pop(job_id, None)
-                    for job_id, outcome in outcomes.items():
-                        if outcome is not None and outcome.record.status != JobStatus.COMPLETED:
-                            self._hand_over(outcome)  # completions were handed over as they were stored
-                        else:  # a waiter that checked while the job was running reads its record now
+                            # A waiter that checked while the job was running reads its record now (also when
+                            # the round failed: its jobs are retried, or the waiter times out as it should).
                             self.jobs.changes.notify(job_id)
                 else:
                     for job_id in job_ids:

@@ -72,13 +72,18 @@ def measure(jobs: int, decode: bool) -> dict:
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        else:
+            raise RuntimeError("the stub server did not start within 30 s")
         samples: list[dict] = []
         run_client(url, "", 5, 0, body(), samples, "?wait=25")  # warm-up
         samples.clear()
         run_client(url, "", jobs, 0, body(), samples, "?wait=25")
     finally:
         server.terminate()
-        server.wait(10)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
     return {"decode": decode, "jobs": len(samples), "latency_ms": summary_ms([s["latency"] for s in samples])}
 
 
