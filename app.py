@@ -2,13 +2,14 @@
 
 - web:              the same FastAPI app, light image (no torch), many requests per container
 - Inpainter:        GPU class; loads the pipeline once per container (memory snapshot), runs jobs
-- download_weights: `modal run app.py::download_weights` fills the weight Volume
-- sweep:            scheduled: expired records and result objects, jobs whose GPU call died
+- sweep:            scheduled: expired jobs and their objects, jobs whose GPU call died, credit counters
 - deliver_webhook:  signed webhook delivery with retries, off the GPU
+- download_weights: `modal run app.py::download_weights` fills the weight Volume
 
 Deploy-time knobs are INPAINT_* environment variables (service.config.DeployConfig); runtime settings are
 the same variables as the embedded server (service.config.Settings). Both are read on the machine that runs
-`modal deploy` and handed to every container as environment, so containers see what the deploy saw.
+`modal deploy`, checked there, and handed to every container as environment, so containers see what the
+deploy saw.
 """
 
 import os
@@ -23,70 +24,100 @@ cfg = DeployConfig()
 WEIGHTS_ROOT = "/weights"
 CURRENT_WEIGHTS = f"{WEIGHTS_ROOT}/CURRENT"  # names the weights directory in use (see download_weights)
 COMPILE_CACHE = "/compile-cache"
-LOCAL_PACKAGES = ("schemas", "service", "weights")  # what every container imports (app.py imports service)
 
-# Exact pins, Python 3.11. The web image has no torch: it cold-starts in well under a second.
-WEB_PACKAGES = [
+# Each image ships exactly the packages its functions import (tests/test_images.py installs each list into a
+# venv of its own and runs the functions there). Exact pins, Python 3.11.
+CONFIG_PACKAGES = ["pydantic==2.14.3", "pydantic-settings==2.16.3"]  # app.py itself reads service/config.py
+# The job layer and its stores (sweep, webhooks): S3 through boto3, webhooks through httpx, images with Pillow.
+JOBS_PACKAGES = CONFIG_PACKAGES + ["httpx==0.28.1", "boto3==1.44.5", "pillow==13.0.0"]
+WEB_PACKAGES = JOBS_PACKAGES + [
     "fastapi==0.163.2",
     "fastapi-offline==1.7.7",  # /docs and /redoc assets, served without a CDN
-    "uvicorn==0.54.0",
-    "pydantic==2.14.3",
-    "pydantic-settings==2.16.3",
-    "httpx==0.28.1",
-    "boto3==1.44.5",
-    "pillow==13.0.0",
 ]
-# torch 2.9.1 is the release xformers 0.0.33.post2 is built against (CUDA 12.8 wheels on PyPI).
-GPU_PACKAGES = WEB_PACKAGES + [
-    "torch==2.9.1",
-    "xformers==0.0.33.post2",
+# The torch line the tests run, as the CUDA build PyPI serves for Linux. diffusers loads the pipeline with
+# transformers (CLIP), accelerate and safetensors; the LMS scheduler needs scipy.
+GPU_PACKAGES = JOBS_PACKAGES + [
+    "torch==2.13.0",
     "diffusers==0.42.1",
     "transformers==5.23.0",
     "accelerate==1.15.0",
     "safetensors==0.8.0",
     "huggingface-hub==2.4.0",
     "scipy==1.17.1",
-    "torchsde==0.2.6",
     "numpy==2.4.6",
 ]
-DOWNLOAD_PACKAGES = ["huggingface-hub==2.4.0", "pydantic==2.14.3", "pydantic-settings==2.16.3"]
+DOWNLOAD_PACKAGES = CONFIG_PACKAGES + ["huggingface-hub==2.4.0"]
 IGNORE = ["**/__pycache__/**", "**/*.pyc"]
 
 # Settings that are not secrets travel as plain environment; keys, credits and S3 credentials come from Secrets.
 SECRET_SETTINGS = {"api_keys", "webhook_secret", "key_credits", "host", "port", "state_dir", "model_dir"}
 
 
+def gpu_price_env() -> dict[str, str]:
+    """GPU_TYPE, which prices each job's GPU seconds, when a price for INPAINT_GPU is known; else nothing (and a
+    note at deploy): the deployment then runs with metrics.cost_usd null rather than failing to start."""
+    from service.jobs.pricing import normalize_gpu, price_table
+
+    gpu = normalize_gpu(cfg.gpu)
+    if gpu in price_table():
+        return {"GPU_TYPE": gpu}
+    if modal.is_local():
+        print(f"note: no price is known for GPU type {cfg.gpu!r}: metrics.cost_usd and the costs in /usage stay "
+              f"empty. To price it, deploy with GPU_PRICE_PER_SECOND={gpu}=<USD per second>.")
+    return {}
+
+
 def container_env() -> dict[str, str]:
     env = {f"INPAINT_{name.upper()}": str(value) for name, value in cfg.model_dump().items()}
+    env |= gpu_price_env()
     for name in Settings.model_fields:
         if name not in SECRET_SETTINGS and not name.startswith("s3_") and name.upper() in os.environ:
             env[name.upper()] = os.environ[name.upper()]
     env["V1_TIMEOUT_SECONDS"] = str(cfg.v1_timeout_seconds)
     env["BATCH_MAX_IMAGES"] = str(cfg.batch_max_images)  # the GPU class's modal.batched size, for grouping
-    env.setdefault("GPU_TYPE", cfg.gpu.split(":")[0])  # prices every job's GPU seconds (metrics.cost_usd)
+    env["BLOCKING_THREADS"] = str(cfg.web_max_inputs)  # a web container's store calls are network round trips
     # The job's own limit stays under Modal's, so a job ends FAILED "timed out" rather than killed mid-write.
     job_timeout = float(os.environ.get("JOB_TIMEOUT_SECONDS", cfg.timeout))
     env["JOB_TIMEOUT_SECONDS"] = str(min(job_timeout, cfg.timeout - 10))
     return env
 
 
+def checked_env() -> dict[str, str]:
+    """container_env(), refused at deploy time when the containers would refuse it at start."""
+    env = container_env()
+    if modal.is_local():
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            Settings()  # raises, naming each bad variable
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    return env
+
+
 web_image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install(*WEB_PACKAGES)
-    # Keep non-Python files too: service/playground.html is served at /.
-    .add_local_python_source(*LOCAL_PACKAGES, ignore=IGNORE)
+    # Keep non-Python files too: service/http/playground.html is served at /.
+    .add_local_python_source("schemas", "service", ignore=IGNORE)
+)
+jobs_image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .pip_install(*JOBS_PACKAGES)
+    .add_local_python_source("schemas", "service", ignore=IGNORE)
 )
 gpu_image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install(*GPU_PACKAGES)
     .env({"HF_HUB_OFFLINE": "1", "TORCHINDUCTOR_CACHE_DIR": f"{COMPILE_CACHE}/inductor",
           "TRITON_CACHE_DIR": f"{COMPILE_CACHE}/triton"})
-    .add_local_python_source(*LOCAL_PACKAGES, "inference", ignore=IGNORE)
+    .add_local_python_source("schemas", "service", "inference", ignore=IGNORE)
 )
 download_image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install(*DOWNLOAD_PACKAGES)
-    .add_local_python_source(*LOCAL_PACKAGES, ignore=IGNORE)
+    .add_local_python_source("service", "weights", ignore=IGNORE)
 )
 
 app = modal.App(cfg.app_name)
@@ -95,22 +126,25 @@ compile_cache = modal.Volume.from_name(cfg.compile_cache_volume, create_if_missi
 dicts = {
     "records": modal.Dict.from_name(cfg.records_dict, create_if_missing=True),
     "active": modal.Dict.from_name(cfg.active_dict, create_if_missing=True),
-    "inputs": modal.Dict.from_name(cfg.inputs_dict, create_if_missing=True),
+    "expiry": modal.Dict.from_name(cfg.expiry_dict, create_if_missing=True),
     "counters": modal.Dict.from_name(cfg.counters_dict, create_if_missing=True),
 }
 api_keys_secret = modal.Secret.from_name(cfg.api_keys_secret)  # API_KEYS (and KEY_CREDITS if used)
 s3_secret = modal.Secret.from_name(cfg.s3_secret)  # S3_BUCKET, AWS_REGION, AWS_* credentials
 webhook_secret = modal.Secret.from_name(cfg.webhook_secret)  # WEBHOOK_SECRET (whsec_...)
-runtime_env = container_env()
+runtime_env = checked_env()
 # Modal's limit covers one call; a batched call may run its jobs in turn (those that cannot share a pipeline
 # call, or all of them again one by one after a failed batch call), each under its own JOB_TIMEOUT_SECONDS,
 # so the call's limit grows with the batch.
 GPU_CALL_TIMEOUT = cfg.timeout if cfg.batch_max_images == 1 else min(86400, 2 * cfg.timeout * cfg.batch_max_images)
+# A sweep never runs into the next one; half of its time may go to forgetting expired jobs.
+SWEEP_TIMEOUT = max(120, cfg.sweep_minutes * 60)
 
 
 def _settings() -> Settings:
-    """Runtime settings from env + Secrets. On Modal, results must go to S3 (containers share no disk)."""
-    from service.backend import configure_logging
+    """Runtime settings from env + Secrets. On Modal, inputs and results must go to S3 (containers share no
+    disk)."""
+    from service.logs import configure_logging
 
     configure_logging()
     settings = Settings()
@@ -141,7 +175,7 @@ def current_weights_dir() -> Path:
 @app.cls(
     image=gpu_image,
     gpu=cfg.gpu,
-    volumes={WEIGHTS_ROOT: weights.read_only(), COMPILE_CACHE: compile_cache},
+    volumes={WEIGHTS_ROOT: weights.with_mount_options(read_only=True), COMPILE_CACHE: compile_cache},
     secrets=[s3_secret],
     env=runtime_env,
     scaledown_window=cfg.scaledown_window,
@@ -149,63 +183,91 @@ def current_weights_dir() -> Path:
     max_containers=cfg.max_containers,
     buffer_containers=cfg.buffer_containers,
     timeout=GPU_CALL_TIMEOUT,
+    startup_timeout=cfg.startup_timeout,
     enable_memory_snapshot=True,
     experimental_options={"enable_gpu_snapshot": True} if cfg.gpu_snapshot else None,
 )
 class Inpainter:
     @modal.enter(snap=True)
     def load(self):
-        """Before the memory snapshot: load the weights into CPU memory in fp16. Nothing here may ask about CUDA
-        (a CUDA query in the snapshot phase can leave torch believing there is no GPU after restore), so the
-        device and dtype are given, never detected."""
-        import torch
-
-        from inference import WeightsNotFound
-        from service.backend import inpainter_factory
+        """Before the memory snapshot. Without INPAINT_GPU_SNAPSHOT no GPU is attached here: the weights go into
+        CPU memory in fp16 with every CUDA query kept out (inference/snapshot.py), and connect() moves them
+        after each restore. With it, the GPU is attached and its memory is in the snapshot too: the model goes
+        to the GPU here and runs its warm-up, so restored containers start ready."""
+        from inference.snapshot import no_device_queries
 
         settings = _settings()
+        self.on_gpu = cfg.gpu_snapshot and not modal.is_local()
+        if self.on_gpu:
+            self.model = self._load_model(settings, "cuda")
+            self._prepare_gpu(settings)
+            return
+        with no_device_queries() as queries:
+            self.model = self._load_model(settings, "cpu")
+        for query in queries:
+            print(f"kept out of the memory snapshot: {query}")
+
+    def _load_model(self, settings: Settings, device: str):
+        import torch
+
+        from inference import Inpainter as Model, WeightsNotFound
+
         model_dir = settings.model_dir if modal.is_local() else current_weights_dir()
         dtype = torch.float32 if modal.is_local() else torch.float16
         try:
-            self.model = inpainter_factory(settings, model_dir, device="cpu", dtype=dtype)()
+            return Model.from_settings(settings, model_dir, device=device, dtype=dtype, compile_unet=False)
         except WeightsNotFound:
             raise RuntimeError(f"no weights in the Modal Volume {cfg.weights_volume!r} ({model_dir}): fill it "
                                f"once with `modal run app.py::download_weights`, then redeploy") from None
 
     @modal.enter(snap=False)
     def connect(self):
-        """After every restore: move to the GPU (loudly, if there is none), compile if asked, open the stores."""
-        import torch
-
+        """After every restore: move to the GPU (loudly, if there is none) unless the snapshot holds it there
+        already, compile if asked, open the stores."""
         started = time.perf_counter()
         settings = _settings()
-        if not modal.is_local():
+        if not modal.is_local() and not self.on_gpu:
+            import torch
+
             if not torch.cuda.is_available():
                 raise RuntimeError(f"no CUDA device in this GPU container ({cfg.gpu}); refusing to run on CPU")
-            self.model.to("cuda")
-            if settings.torch_compile:
-                self._warm_up()
+            self._prepare_gpu(settings)
         self.backend = _backend(settings)
         self.timeout = settings.job_timeout_seconds
         # What the first jobs waited for inside the container (metrics.cold_start_time). A restore from the
         # memory snapshot happens before Python runs and is not in it.
         self.cold_start = time.perf_counter() - started
 
-    def _warm_up(self):
-        """Run one small job so torch.compile compiles now, not on the first user request; keep its cache."""
+    def _prepare_gpu(self, settings: Settings) -> None:
+        """The model to the GPU and, with TORCH_COMPILE, compiled by one warm-up job whose attempt is recorded on
+        the compile-cache Volume: a warm-up Modal killed at the start-up limit is not tried again
+        (inference/compile_warmup.py)."""
+        import torch
         from PIL import Image
 
+        from inference.compile_warmup import WarmupRecord, warm_up
         from schemas import InpaintParams
 
-        started = time.perf_counter()
-        blank = Image.new("RGB", (512, 512))
-        self.model.run(InpaintParams(prompt="warm-up"), blank, Image.new("L", (512, 512), 255))
-        compile_cache.commit()
-        print(f"torch.compile warm-up took {time.perf_counter() - started:.1f}s")
+        record = WarmupRecord(Path(COMPILE_CACHE), {"torch": torch.__version__, "gpu": cfg.gpu,
+                                                    "weights": current_weights_dir().name,
+                                                    "startup_timeout": cfg.startup_timeout}, cfg.startup_timeout)
+        compile_unet = settings.torch_compile
+        if compile_unet and (why := record.killed_before()):
+            print(f"torch.compile is off in this container: {why}. Raise INPAINT_STARTUP_TIMEOUT or deploy "
+                  f"without TORCH_COMPILE.")
+            compile_unet = False
+        self.model.compile_unet = compile_unet
+        self.model.to("cuda")
+        if compile_unet:
+            blank = Image.new("RGB", (512, 512))
+            seconds = warm_up(lambda: self.model.run(InpaintParams(prompt="warm-up"), blank,
+                                                     Image.new("L", (512, 512), 255)),
+                              record, compile_cache.commit)
+            print(f"torch.compile warm-up took {seconds:.1f}s")
 
     def _run(self, job_ids: list[str]) -> list[dict | None]:
-        from service.modal_backend import outcome_to_wire
-        from service.worker import run_jobs
+        from service.jobs.worker import run_jobs
+        from service.stores.modal_dispatch import outcome_to_wire
 
         cold_start, self.cold_start = self.cold_start, None  # only the first jobs waited for this container
         outcomes = run_jobs(job_ids, self.backend.jobs, self.model, self.timeout, cfg.batch_max_images, cold_start)
@@ -228,22 +290,22 @@ class Inpainter:
 @modal.concurrent(max_inputs=cfg.web_max_inputs)
 @modal.asgi_app()
 def web():
-    from service.app import create_app
+    from service.http.app import create_app
 
     return create_app(_backend(_settings(), dispatching=True))
 
 
-@app.function(image=web_image, secrets=[api_keys_secret, s3_secret], env=runtime_env,
+@app.function(image=jobs_image, secrets=[api_keys_secret, s3_secret], env=runtime_env, timeout=SWEEP_TIMEOUT,
               schedule=modal.Period(minutes=cfg.sweep_minutes))
 def sweep():
-    """Delete expired records and objects; re-dispatch once (then fail) jobs whose GPU call died; fail queued jobs
-    whose GPU container could not start; keep credit counters from expiring."""
-    from service.auth import key_owner
-    from service.housekeeping import expire_queued, keep_counters_alive, reap_stale, sweep_expired
+    """Forget expired jobs and their objects; re-dispatch once (then fail) jobs whose GPU call died; fail queued
+    jobs whose GPU container could not start; keep credit counters from expiring."""
+    from service.jobs.housekeeping import expire_queued, keep_counters_alive, reap_stale, sweep_expired
+    from service.jobs.identity import key_owner
 
     settings = _settings()
     jobs = _backend(settings, dispatching=True).jobs
-    removed = sweep_expired(jobs)
+    removed = sweep_expired(jobs, budget=SWEEP_TIMEOUT / 2)
     reaped = reap_stale(jobs, settings.lease_seconds)
     expired = expire_queued(jobs)
     keep_counters_alive(jobs.counters, [key_owner(key) for key in settings.api_keys])
@@ -251,11 +313,11 @@ def sweep():
           f"failed {expired} job(s) that waited too long in the queue")
 
 
-@app.function(image=web_image, secrets=[s3_secret, webhook_secret], env=runtime_env, timeout=300)
+@app.function(image=jobs_image, secrets=[s3_secret, webhook_secret], env=runtime_env, timeout=300)
 def deliver_webhook(job_id: str):
     """POST a finished job's signed final body to its webhook_url, with retries (off the GPU)."""
-    from service.bodies import final_body
-    from service.webhooks import deliver
+    from service.jobs.bodies import final_body
+    from service.jobs.webhooks import deliver
 
     settings = _settings()
     jobs = _backend(settings).jobs
@@ -272,7 +334,7 @@ def download_weights(force: bool = False, safety_checker: bool = True):
     """Fill the weight Volume. Each download goes to a new directory and CURRENT is pointed at it: files a
     deployed snapshot was made from are never deleted or overwritten (that breaks restores). Redeploy after
     a forced download so new containers load the new weights."""
-    from service.backend import configure_logging
+    from service.logs import configure_logging
     from weights.download import download
 
     configure_logging()

@@ -1,4 +1,8 @@
-"""GPU-side core: load the pipeline once, run requests. No HTTP here; the only place torch is imported."""
+"""GPU-side core: load the pipeline once, run requests. No HTTP here; the only place torch is imported.
+
+The names below load on first use, so `inference.snapshot` can be imported (and its guard set up) before
+torch and diffusers are.
+"""
 
 import logging
 
@@ -9,7 +13,15 @@ logging.getLogger("transformers.utils.import_utils").addFilter(
     lambda record: "requires torchvision (not installed)" not in record.getMessage()
 )
 
-from inference.inpainter import InpaintOutput, Inpainter  # noqa: E402
-from inference.pipeline import WeightsNotFound, load_pipeline  # noqa: E402
+_LAZY = {"InpaintOutput": "inference.inpainter", "Inpainter": "inference.inpainter",
+         "WeightsNotFound": "inference.pipeline", "load_pipeline": "inference.pipeline"}
 
-__all__ = ["InpaintOutput", "Inpainter", "WeightsNotFound", "load_pipeline"]
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'inference' has no attribute {name!r}")

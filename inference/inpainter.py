@@ -52,25 +52,28 @@ class Inpainter:
         device: str | None = None,
         dtype: torch.dtype | None = None,
         safety_checker: bool = True,
-        xformers: bool = False,
         compile_unet: bool = False,
         feather_px: int = 4,
     ):
         self.model_dir = Path(model_dir)
-        self.xformers = xformers
         self.compile_unet = compile_unet
         self.pipe = load_pipeline(model_dir, device=device, dtype=dtype, safety_checker=safety_checker,
-                                  xformers=xformers, compile_unet=compile_unet)
+                                  compile_unet=compile_unet)
         self.device = str(self.pipe.device)
         self.feather_px = feather_px
         self.schedulers = SchedulerCache(self.pipe.scheduler.config)
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_settings(cls, settings, model_dir: str | Path | None = None, **overrides) -> "Inpainter":
+        """The model with what both servers take from their settings (SAFETY_CHECKER, TORCH_COMPILE, FEATHER_PX)."""
+        options = dict(safety_checker=settings.safety_checker, compile_unet=settings.torch_compile,
+                       feather_px=settings.feather_px)
+        return cls(model_dir or settings.model_dir, **(options | overrides))
+
     def to(self, device: str) -> "Inpainter":
         """Move the loaded pipeline (e.g. CPU -> CUDA after a Modal memory snapshot restore)."""
         self.pipe.to(device)
-        if self.xformers and device.startswith("cuda"):
-            self.pipe.enable_xformers_memory_efficient_attention()
         if self.compile_unet and device.startswith("cuda"):
             optimize_for_gpu(self.pipe)
         self.device = str(self.pipe.device)

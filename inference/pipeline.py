@@ -63,7 +63,6 @@ def load_pipeline(
     device: str | None = None,
     dtype: torch.dtype | None = None,
     safety_checker: bool = True,
-    xformers: bool = False,
     compile_unet: bool = False,
 ) -> StableDiffusionInpaintPipeline:
     model_dir = Path(model_dir)
@@ -94,12 +93,6 @@ def load_pipeline(
     pipe.set_progress_bar_config(disable=True)
     # diffusers uses torch's scaled_dot_product_attention (SDPA) by default on torch 2.x.
     attention = "sdpa"
-    if xformers and device.startswith("cuda"):
-        try:
-            pipe.enable_xformers_memory_efficient_attention()
-            attention = "xformers"
-        except Exception as exc:  # not installed, or no CUDA: SDPA is a fine fallback
-            log.warning("xformers requested but unavailable (%s); using SDPA", exc)
     if compile_unet and device.startswith("cuda"):
         optimize_for_gpu(pipe)
         attention += "+compile"

@@ -60,7 +60,7 @@ from datetime import datetime
 from pathlib import Path
 
 from scripts.bench.common import percentile, print_table
-from service.pricing import normalize_gpu, price_per_second
+from service.jobs.pricing import normalize_gpu, price_per_second
 
 SEGMIND_USD_PER_IMAGE = 0.002  # Segmind's sd1.5-inpainting, about $0.002 per image
 

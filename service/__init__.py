@@ -1,1 +1,10 @@
-"""The web tier: FastAPI app, auth, input fetching, job records, dispatch, result storage. No torch."""
+"""The service, in layers that import downwards only:
+
+    __main__.py, backend.py   entry point and composition root (builds everything from Settings)
+    http/                     FastAPI app, routes, auth, intake, error answers (the web tier)
+    jobs/                     the rules of a job's life, workers, housekeeping, limits, webhooks
+    stores/                   SQLite, modal.Dicts, result storage: the job layer's ports implemented
+    config.py, logs.py        settings and logging, used by all of the above
+
+No torch anywhere here (inference/ holds it); no web framework below http/.
+"""

@@ -6,14 +6,13 @@ the same pieces, so a setting honoured in one place is honoured in the other.
 
 import logging
 import secrets
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from service.config import Settings
-from service.job_service import JobService
-from service.storage import make_storage
+from service.jobs.service import JobService
+from service.stores.results import make_storage
 
 log = logging.getLogger(__name__)
 
@@ -23,32 +22,6 @@ class Backend:
     settings: Settings
     jobs: JobService
     background: tuple = field(default=())  # objects with start()/stop(), run for the app's lifetime
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr: `inpaint.events` lines are JSON already; the rest get a short prefix.
-    Called by every entry point (python -m service, each Modal function)."""
-    root = logging.getLogger()
-    if any(getattr(h, "_inpaint", False) for h in root.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler._inpaint = True
-    root.addHandler(handler)
-    root.setLevel(level)
-
-
-def inpainter_factory(settings: Settings, model_dir: Path | None = None, **overrides: Any) -> Callable[[], Any]:
-    """Builds the model with the settings both servers honour (torch is imported when it is called)."""
-
-    def build():
-        from inference import Inpainter
-
-        options = dict(safety_checker=settings.safety_checker, xformers=settings.xformers,
-                       compile_unet=settings.torch_compile, feather_px=settings.feather_px)
-        return Inpainter(model_dir or settings.model_dir, **(options | overrides))
-
-    return build
 
 
 def persisted_secret(settings: Settings, name: str, generate) -> str:
@@ -70,17 +43,18 @@ def ensure_api_key(settings: Settings) -> str | None:
     return key
 
 
-def build_embedded(settings: Settings, make_inpainter: Callable[[], Any] | None = None) -> Backend:
-    """SQLite records and counters, input files, local (or S3) results, an in-process worker and sweep."""
-    from service.housekeeping import Sweeper
-    from service.sqlite_store import FileInputs, SQLiteState
-    from service.webhooks import WebhookSender, new_secret
-    from service.worker import EmbeddedDispatcher
+def build_embedded(settings: Settings, make_inpainter: Callable[[], Any]) -> Backend:
+    """SQLite records and counters, input files, local (or S3) results, an in-process worker and sweep.
+    `make_inpainter` loads the model (called on the worker thread, so the server answers while it loads)."""
+    from service.jobs.housekeeping import Sweeper
+    from service.jobs.webhooks import WebhookSender, new_secret
+    from service.jobs.worker_thread import EmbeddedDispatcher
+    from service.stores.sqlite import FileInputs, SQLiteState
 
     state_dir = Path(settings.state_dir)
     state = SQLiteState(state_dir / "jobs.sqlite3")
     storage = make_storage(settings)
-    dispatcher = EmbeddedDispatcher(make_inpainter or inpainter_factory(settings),
+    dispatcher = EmbeddedDispatcher(make_inpainter,
                                     shutdown_grace=settings.shutdown_grace_seconds,
                                     job_timeout=settings.job_timeout_seconds,
                                     batch_max_images=settings.batch_max_images, batch_wait_ms=settings.batch_wait_ms)
@@ -101,12 +75,15 @@ def build_embedded(settings: Settings, make_inpainter: Callable[[], Any] | None 
 def build_modal(settings: Settings, dicts: dict[str, Any], spawn: Callable[[str], Any] | None = None,
                 call_from_id: Callable[[str], Any] | None = None, gpu: str = "",
                 on_terminal: Callable[[Any], None] | None = None) -> Backend:
-    """modal.Dicts for state (`records`, `active`, `inputs`, `counters`), S3 results, dispatch by spawn.
-    The GPU containers build it without spawn (they never dispatch)."""
-    from service.modal_backend import DictCounters, DictInputs, DictRecords, ModalDispatcher
+    """modal.Dicts for state (`records`, `active`, `expiry`, `counters`), inputs and results in the result
+    storage (S3), dispatch by spawn. The GPU containers build it without spawn (they never dispatch)."""
+    from service.stores.modal_dicts import DictCounters, DictRecords
+    from service.stores.modal_dispatch import ModalDispatcher
+    from service.stores.object_inputs import ObjectInputs
 
-    records = DictRecords(dicts["records"], dicts["active"])
+    records = DictRecords(dicts["records"], dicts["active"], dicts["expiry"])
     dispatcher = ModalDispatcher(records, spawn, call_from_id, gpu, batched=settings.batch_max_images > 1)
-    jobs = JobService(settings, records, DictInputs(dicts["inputs"]), DictCounters(dicts["counters"]),
-                      make_storage(settings), dispatcher, on_terminal=on_terminal)
+    storage = make_storage(settings)
+    jobs = JobService(settings, records, ObjectInputs(storage), DictCounters(dicts["counters"]), storage,
+                      dispatcher, on_terminal=on_terminal)
     return Backend(settings, jobs)

@@ -108,10 +108,12 @@ class Settings(BaseSettings):
     webhook_first_delay_seconds: float = Field(1.0, ge=0)
 
     v1_timeout_seconds: float = Field(120.0, gt=0)
+    # Threads for blocking store calls made on behalf of requests (0: Python's default, min(32, cores + 4)). On
+    # Modal each store call is a network round trip, so the web container gets one per concurrent request.
+    blocking_threads: int = Field(0, ge=0, le=1024)
     # On shutdown, how long to let a running job finish; an unfinished one is retried at the next start.
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     safety_checker: bool = True
-    xformers: bool = False
     torch_compile: bool = False  # channels_last + fused QKV + torch.compile of the UNet (CUDA only)
     feather_px: int = Field(4, ge=0, le=64)
     # Dynamic batching: up to this many single-image jobs of the same size, steps, scheduler, strength and
@@ -139,18 +141,10 @@ class Settings(BaseSettings):
                 raise ValueError("KEY_CREDITS must look like 'key1=100,key2=20'") from None
         return value
 
-    def budget_for(self, key_owner: str) -> int | None:
-        from service.auth import key_owner as owner_of
-
-        for key, budget in self.key_credits.items():
-            if owner_of(key) == key_owner:
-                return budget
-        return self.default_key_credits
-
     @field_validator("gpu_price_per_second")
     @classmethod
     def _valid_prices(cls, value):
-        from service.pricing import parse_overrides
+        from service.jobs.pricing import parse_overrides
 
         parse_overrides(value)  # a malformed price list is refused at start-up, saying what is wrong
         return value
@@ -158,7 +152,7 @@ class Settings(BaseSettings):
     @field_validator("gpu_type", mode="before")
     @classmethod
     def _known_gpu(cls, value, info: ValidationInfo):
-        from service.pricing import ENV_VAR, price_per_second, price_table
+        from service.jobs.pricing import ENV_VAR, price_per_second, price_table
 
         if value:  # a GPU type without a price is refused at start-up, with the known ones
             price_per_second(value, price_table(env={ENV_VAR: info.data.get("gpu_price_per_second", "")}))
@@ -166,7 +160,7 @@ class Settings(BaseSettings):
 
     def price_table(self) -> dict[str, float]:
         """USD per GPU second by GPU type: the list prices with GPU_PRICE_PER_SECOND's overrides."""
-        from service.pricing import ENV_VAR, price_table
+        from service.jobs.pricing import ENV_VAR, price_table
 
         return price_table(env={ENV_VAR: self.gpu_price_per_second})
 
@@ -181,6 +175,12 @@ class Settings(BaseSettings):
         return "tiny random-weight demo model (paints noise)" if self.demo else REAL_MODEL_NAME
 
 
+# What Modal's `gpu=` accepts (modal.com/docs/guide/gpu; case does not matter). Modal's client does not check
+# the name, so a typo would deploy and then fail every container.
+MODAL_GPU_TYPES = ("T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB", "RTX-PRO-6000", "H100",
+                   "H100!", "H200", "B200", "B200+", "ANY")
+
+
 class DeployConfig(BaseSettings):
     """Knobs of the Modal deployment, read when `modal deploy app.py` runs (prefix INPAINT_). app.py hands the
     same values to every container as environment variables, so containers read what the deploy read."""
@@ -188,18 +188,21 @@ class DeployConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INPAINT_", extra="ignore")
 
     app_name: str = "inpaint"
-    gpu: str = "L4"  # L4 (~$0.80/h) or A10G (~$1.10/h) suit SD1.5; see README "Pick a GPU"
+    gpu: str = "L4"  # a Modal GPU type (MODAL_GPU_TYPES); L4 (~$0.80/h) suits SD1.5; see README "Pick a GPU"
     scaledown_window: int = Field(60, ge=2, le=3600)  # idle seconds before a GPU container stops
     min_containers: int = Field(0, ge=0)  # 0 = scale to zero
     max_containers: int = Field(4, ge=1)  # the cost cap: never more GPUs than this
     buffer_containers: int = Field(0, ge=0)  # warm spares while busy (cost!)
     timeout: int = Field(600, ge=30, le=86400)  # per-job execution limit on the GPU (the job's own: this - 10 s)
+    # How long a GPU container may take to start (after a snapshot restore: the move to the GPU, and the
+    # torch.compile warm-up when TORCH_COMPILE is on). Modal kills a start that runs longer.
+    startup_timeout: int = Field(600, ge=60, le=3600)
     gpu_snapshot: bool = False  # experimental GPU memory snapshots
     web_max_inputs: int = Field(100, ge=1)  # concurrent requests per web container
     v1_timeout_seconds: float = Field(110.0, gt=0, lt=150)  # Modal web requests stop at 150 s, counted from arrival
     compile_cache_volume: str = "inpaint-compile-cache"
-    inputs_dict: str = "inpaint-inputs"
     active_dict: str = "inpaint-active"
+    expiry_dict: str = "inpaint-expiry"
     counters_dict: str = "inpaint-counters"
     weights_volume: str = "inpaint-weights"
     records_dict: str = "inpaint-jobs"
@@ -210,3 +213,15 @@ class DeployConfig(BaseSettings):
     # Dynamic batching on the GPU class (modal.batched): off (1) until a GPU measurement shows it pays.
     batch_max_images: int = Field(1, ge=1, le=16)
     batch_wait_ms: int = Field(10, ge=0, le=1000)
+
+    @field_validator("gpu")
+    @classmethod
+    def _modal_gpu(cls, value: str) -> str:
+        """Refused at deploy time rather than by every container: Modal checks GPU names only on its side."""
+        name, sep, count = value.strip().partition(":")
+        if name.upper() not in MODAL_GPU_TYPES:
+            raise ValueError(f"{value!r} is not a Modal GPU type; use one of {', '.join(MODAL_GPU_TYPES)}, "
+                             f"optionally with a count (H100:2)")
+        if sep and not (count.isdigit() and 1 <= int(count) <= 8):
+            raise ValueError(f"{value!r}: the GPU count after ':' must be 1 to 8")
+        return value.strip()

@@ -18,7 +18,7 @@ from multiprocessing.managers import BaseManager
 from tests.standins import StandInDict
 
 AUTHKEY = b"inpaint-test"
-DICT_NAMES = ("records", "active", "inputs", "counters", "results")
+DICT_NAMES = ("records", "active", "expiry", "counters", "results")
 _dicts = {name: StandInDict() for name in DICT_NAMES}
 _calls: "queue.Queue" = queue.Queue()
 
@@ -78,8 +78,9 @@ def settings_for(state_dir: str, model_dir: str):
 def run_web(port: int, address: tuple[str, int], state_dir: str, model_dir: str) -> None:
     import uvicorn
 
-    from service.app import create_app
-    from service.backend import build_modal, configure_logging
+    from service.http.app import create_app
+    from service.backend import build_modal
+    from service.logs import configure_logging
 
     configure_logging()
     dicts, calls = connect(address)
@@ -97,9 +98,10 @@ def run_web(port: int, address: tuple[str, int], state_dir: str, model_dir: str)
 
 def run_gpu(address: tuple[str, int], state_dir: str, model_dir: str) -> None:
     from inference import Inpainter
-    from service.backend import build_modal, configure_logging
-    from service.modal_backend import outcome_to_wire
-    from service.worker import run_job
+    from service.backend import build_modal
+    from service.logs import configure_logging
+    from service.stores.modal_dispatch import outcome_to_wire
+    from service.jobs.worker import run_job
 
     configure_logging()
     dicts, calls = connect(address)

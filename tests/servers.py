@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from service.config import Settings
-from service.app import create_app
+from service.http.app import create_app
 from service.backend import build_embedded
 
 KEY_A = "test-key-a"

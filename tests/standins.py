@@ -1,7 +1,9 @@
 """Stand-ins for Modal objects. There is no Modal emulator, so these mimic the method surface the
-code uses (modal.Dict: get/put(skip_if_exists)/pop/len/items; FunctionCall: object_id/get(+.aio)/cancel)
-and nothing more. They are NOT Modal: what they cannot show is listed in README's "Deploy to Modal"
-section as checks for the first real deploy.
+code uses (modal.Dict: get/put(skip_if_exists)/pop/len/items/keys/contains; FunctionCall:
+object_id/get(+.aio)/cancel), and cost and fail the way the real ones do as read from modal 1.6.4's
+source: what a call costs (round trips, streamed entries, a counting len()), what a pending call raises
+(the builtin TimeoutError), what a missing key raises. What they cannot show is listed in README's
+"Deploy to Modal" section as checks for the first real deploy.
 
 StandInDict can inject latency and pause a caller before a chosen operation, so tests can force the
 interleavings that happen between containers (a writer paused between its read and its write)."""
@@ -15,14 +17,23 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 
+_MISSING = object()
+
+
 class StandInDict:
-    """modal.Dict's get/put/pop/len/items/contains; values go through pickle as they would over the wire."""
+    """modal.Dict's get/put/pop/len/items/keys/contains, costing what the real one costs: every call is one round
+    trip (`calls`, with `latency` seconds each); items() and keys() are one streaming call that sends one entry
+    per message (`streamed`); len() is one call that the server answers by counting (`counted`, documented as
+    expensive, at most 100,000). Values go through pickle as they would over the wire; pop() of a missing key
+    without a default raises KeyError, as modal.Dict's does."""
 
     def __init__(self, latency: float = 0.0):
         self._data: dict = {}
         self._lock = threading.Lock()
         self.latency = latency
         self.calls = 0
+        self.streamed = 0
+        self.counted = 0
         self._pauses: list[tuple] = []  # (op, key prefix, reached Event, release Event, once-flag list)
 
     def pause_before(self, op: str, key_prefix: str) -> tuple[threading.Event, threading.Event]:
@@ -33,7 +44,8 @@ class StandInDict:
         return reached, release
 
     def _enter(self, op: str, key=None) -> None:
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
         for p_op, prefix, reached, release, used in self._pauses:
             if p_op == op and not used and isinstance(key, str) and key.startswith(prefix):
                 used.append(True)
@@ -41,6 +53,10 @@ class StandInDict:
                 assert release.wait(30), "a paused Dict call was never released"
         if self.latency:
             time.sleep(self.latency)
+
+    def cost(self) -> int:
+        """Round trips plus entries moved or counted by the server: what grows with the data."""
+        return self.calls + self.streamed + self.counted
 
     def get(self, key, default=None):
         self._enter("get", key)
@@ -56,22 +72,32 @@ class StandInDict:
             self._data[key] = pickle.dumps(value)
             return True
 
-    def pop(self, key, default=None):
+    def pop(self, key, default=_MISSING):
         self._enter("pop", key)
         with self._lock:
             raw = self._data.pop(key, None)
-        return pickle.loads(raw) if raw is not None else default
+        if raw is None:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return pickle.loads(raw)
 
     def len(self) -> int:
         self._enter("len")
         with self._lock:
-            return len(self._data)
+            self.counted += len(self._data)
+            return min(len(self._data), 100_000)
 
-    def items(self):
+    def items(self) -> list:
+        """A list, not an iterator, so it also crosses a multiprocessing proxy; counted as the stream it is."""
         self._enter("items")
         with self._lock:
             snapshot = list(self._data.items())
-        return [(k, pickle.loads(v)) for k, v in snapshot]
+            self.streamed += len(snapshot)  # one message per entry
+        return [(key, pickle.loads(raw)) for key, raw in snapshot]
+
+    def keys(self) -> list:
+        return [key for key, _ in self.items()]
 
     def contains(self, key) -> bool:
         self._enter("contains", key)
@@ -80,7 +106,7 @@ class StandInDict:
 
 
 def standin_dicts(latency: float = 0.0) -> dict[str, StandInDict]:
-    return {name: StandInDict(latency) for name in ("records", "active", "inputs", "counters")}
+    return {name: StandInDict(latency) for name in ("records", "active", "expiry", "counters")}
 
 
 class _Get:

@@ -13,8 +13,8 @@ from PIL import Image
 
 from schemas import InpaintParams, JobStatus
 from service.backend import build_embedded
-from service.failures import Failure
-from service.worker import run_jobs
+from service.jobs.failures import Failure
+from service.jobs.worker import run_jobs
 from tests.images import box_mask, gradient_image, png_bytes
 from tests.servers import KEY_A, KEY_B, api_server, make_settings
 from tests.test_service import BODY, SLUG, wait_terminal
@@ -58,7 +58,7 @@ def jobs(tmp_path, tiny_model_dir):
 
 
 def submit(jobs, **params) -> str:
-    record, _ = jobs.admit("owner", InpaintParams(prompt=params.pop("prompt", "a chair"), **params),
+    record, _ = jobs.admission.admit("owner", InpaintParams(prompt=params.pop("prompt", "a chair"), **params),
                            png_bytes(gradient_image()), png_bytes(box_mask()), "http://127.0.0.1")
     return record.id
 
@@ -99,7 +99,7 @@ def test_batching_off_runs_every_job_alone(jobs, inpainter):
 def test_cancelling_one_job_of_a_batch_leaves_the_others_running(jobs, inpainter):
     ids = [submit(jobs, seed=s) for s in (1, 2, 3)]
     victim = ids[1]
-    model = Hooked(inpainter, at_step=lambda step: step == 2 and jobs.cancel(jobs.records.get(victim)))
+    model = Hooked(inpainter, at_step=lambda step: step == 2 and jobs.lifecycle.cancel(jobs.records.get(victim)))
     outcomes = run_jobs(ids, jobs, model, max_images=4)
     assert model.calls == [3] and model.steps == 20  # the call went on for the others
     cancelled = outcomes[victim].record
@@ -116,7 +116,7 @@ def test_when_every_job_of_a_batch_is_cancelled_the_call_stops(jobs, inpainter):
     def cancel_all(step):
         if step == 2:
             for job_id in ids:
-                jobs.cancel(jobs.records.get(job_id))
+                jobs.lifecycle.cancel(jobs.records.get(job_id))
 
     model = Hooked(inpainter, at_step=cancel_all)
     outcomes = run_jobs(ids, jobs, model, max_images=4)
@@ -223,7 +223,7 @@ def test_a_job_queued_twice_in_one_round_runs_once(jobs, inpainter):
 def test_a_queued_job_waiting_behind_an_earlier_group_is_not_reaped_as_lost(tmp_path, tiny_model_dir, inpainter):
     """The lease reaper runs while the first group holds the worker past the lease: the job taken into the same
     round but still waiting for its own group must not read as abandoned."""
-    from service.housekeeping import reap_stale
+    from service.jobs.housekeeping import reap_stale
 
     gate, reaped = threading.Event(), []
     backend = build_embedded(make_settings(tmp_path, tiny_model_dir, batch_max_images=4, batch_wait_ms=200,
@@ -251,7 +251,7 @@ def test_a_failing_progress_write_neither_stops_nor_reruns_a_batch(jobs, inpaint
     def broken(*args):
         raise RuntimeError("store hiccup")
 
-    monkeypatch.setattr(jobs, "progress", broken)
+    monkeypatch.setattr(jobs.lifecycle, "progress", broken)
     ids = [submit(jobs, seed=s, num_inference_steps=60) for s in (1, 2)]
     model = Hooked(inpainter)
     outcomes = run_jobs(ids, jobs, model, max_images=4)
@@ -260,14 +260,14 @@ def test_a_failing_progress_write_neither_stops_nor_reruns_a_batch(jobs, inpaint
 
 def test_an_error_around_one_group_does_not_strand_the_later_groups(jobs, inpainter, monkeypatch):
     first, later = submit(jobs, seed=1), submit(jobs, seed=2, num_inference_steps=21)
-    real_start = jobs.start
+    real_start = jobs.lifecycle.start
 
     def start(job_id):
         if job_id == first:
             raise RuntimeError("a networked store's error")
         return real_start(job_id)
 
-    monkeypatch.setattr(jobs, "start", start)
+    monkeypatch.setattr(jobs.lifecycle, "start", start)
     outcomes = run_jobs([first, later], jobs, Hooked(inpainter), max_images=4)
     assert outcomes[later].record.status == JobStatus.COMPLETED
     assert jobs.records.get(first).status == JobStatus.QUEUED  # left for the lease reaper, not lost

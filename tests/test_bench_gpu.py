@@ -17,13 +17,13 @@ def test_without_cuda_it_exits_2_with_a_message(capsys, monkeypatch):
 def test_bench_loop_on_cpu_records_rows_refuses_fallback_modes_and_feeds_the_simulator(tiny_model_dir, tmp_path,
                                                                                       monkeypatch, capsys):
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
-    report = gpu.run_bench(tiny_model_dir, ["eager", "xformers", "compile"], sizes=[64], batches=[1, 2], steps=2,
+    report = gpu.run_bench(tiny_model_dir, ["eager", "compile"], sizes=[64], batches=[1, 2], steps=2,
                            runs=2, warmup=1, device="cpu", dtype=torch.float32, gpu="cpu", gpu_type="L4",
                            price=0.000222, out_name="gpu.json", safety_checker=False)
     rows = {(r["mode"], r["batch"]): r for r in report["rows"]}
-    assert len(rows) == 6
-    # xformers and compile do not apply on CPU: reported as unavailable, never timed as if they had run.
-    assert "did not take effect" in rows[("xformers", 1)]["error"]
+    assert len(rows) == 4
+    # compile does not apply on CPU: reported as unavailable, never timed as if it had run.
+    assert "did not take effect" in rows[("compile", 1)]["error"]
     assert "did not take effect" in rows[("compile", 2)]["error"]
     eager = rows[("eager", 2)]
     assert eager["error"] is None and eager["attention_processors"] == ["AttnProcessor2_0"]

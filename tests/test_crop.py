@@ -334,9 +334,10 @@ def test_v1_and_v2_answer_at_the_original_size(server):
 
 
 def test_each_side_is_capped_not_only_the_pixel_count():
-    from service.inputs import InputError, check_image
+    from service.http.inputs import check_image
+    from service.jobs.errors import BadInput
 
     strip = png_bytes(Image.new("L", (1, 9000), 0))  # 9000 pixels: far under the pixel cap
-    with pytest.raises(InputError, match="8192 pixels per side"):
+    with pytest.raises(BadInput, match="8192 pixels per side"):
         check_image(strip, "image", max_pixels=4096 * 4096)
     assert check_image(png_bytes(Image.new("L", (1, 8192), 0)), "image", max_pixels=4096 * 4096).size == (1, 8192)

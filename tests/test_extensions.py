@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from service.webhooks import new_secret, verify
+from service.jobs.webhooks import new_secret, verify
 from tests.servers import KEY_A, SlowInpainter, api_server, make_settings
 from tests.test_service import BODY, SLUG, wait_terminal
 

@@ -14,8 +14,8 @@ import pytest
 
 from schemas import JobStatus
 from service.backend import build_embedded
-from service.housekeeping import reap_stale
-from service.jobs import JobRecord
+from service.jobs.housekeeping import reap_stale
+from service.jobs.records import JobRecord
 from tests.conftest import REPO
 from tests.servers import KEY_A, KEY_B, SlowInpainter, api_server, free_port, make_settings
 from tests.test_service import BODY, SLUG, wait_terminal
@@ -149,7 +149,7 @@ def test_killed_server_process_job_ends_terminal(tmp_path):
 
 
 def test_lease_reaper_retries_once_then_fails(tmp_path, tiny_model_dir):
-    jobs = build_embedded(make_settings(tmp_path, tiny_model_dir)).jobs  # not started: nothing runs
+    jobs = build_embedded(make_settings(tmp_path, tiny_model_dir), lambda: None).jobs  # not started: nothing runs
     store = jobs.records
     now = time.time()
     for job_id, attempts in (("quiet-once", 1), ("quiet-twice", 2), ("alive", 1)):

@@ -8,10 +8,10 @@ import httpx
 import pytest
 from PIL import Image
 
-import service.intake
-from service.app import create_app
+import service.http.intake
+from service.http.app import create_app
 from service.backend import build_embedded
-from service.job_service import DecodedInputs
+from service.jobs.handover import DecodedInputs
 from tests.images import box_mask, gradient_image, png_bytes
 from tests.servers import KEY_A, ApiServer, SlowInpainter, StaticHost, free_port, make_settings
 from tests.test_service import BODY, SLUG, wait_terminal
@@ -51,14 +51,14 @@ def decodes(monkeypatch):
 def decoded_at_submit(monkeypatch):
     """The images validation decoded at submit, in order (image, mask, image, mask, ...)."""
     seen = []
-    real = service.intake.read_input
+    real = service.http.intake.read_input
 
     def recording(*args, **kwargs):
         data, image = real(*args, **kwargs)
         seen.append(image)
         return data, image
 
-    monkeypatch.setattr(service.intake, "read_input", recording)
+    monkeypatch.setattr(service.http.intake, "read_input", recording)
     return seen
 
 
@@ -66,13 +66,13 @@ def decoded_at_submit(monkeypatch):
 def hops(monkeypatch):
     """Counts the thread hops `accept` makes."""
     calls = []
-    real = service.intake.run_blocking
+    real = service.http.intake.run_blocking
 
     async def counting(function, *args):
         calls.append(getattr(function, "__name__", repr(function)))
         return await real(function, *args)
 
-    monkeypatch.setattr(service.intake, "run_blocking", counting)
+    monkeypatch.setattr(service.http.intake, "run_blocking", counting)
     return calls
 
 
@@ -99,7 +99,7 @@ def test_a_job_runs_on_the_images_decoded_at_submit(tmp_path, tiny_model_dir, in
             image, mask = recording.given[-1]
             assert image is decoded_at_submit[0] and mask is decoded_at_submit[1]
             assert image.size == (512, 512) and mask.mode == "L"
-            assert len(jobs.decoded) == 0 and jobs.decoded.pixels == 0  # taken by the worker
+            assert len(jobs.lifecycle.decoded) == 0 and jobs.lifecycle.decoded.pixels == 0  # taken by the worker
 
             decodes.clear()  # v1 takes the same path
             assert http.post(f"/v1/{SLUG}", json=BODY).status_code == 200
@@ -112,7 +112,7 @@ def test_without_the_hand_over_the_worker_decodes_the_stored_bytes(tmp_path, tin
                                                                    decoded_at_submit):
     recording = RecordingInpainter(inpainter)
     jobs, server = serve(tmp_path, tiny_model_dir, recording)
-    jobs.decoded = DecodedInputs(max_jobs=0)  # nothing fits: as after a restart, or on Modal
+    jobs.lifecycle.decoded = DecodedInputs(max_jobs=0)  # nothing fits: as after a restart, or on Modal
     try:
         with client(server) as http:
             decodes.clear()
@@ -134,10 +134,10 @@ def test_handed_over_images_go_when_the_job_ends_before_running(tmp_path, tiny_m
             running = http.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
             queued = http.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
             assert http.get(f"/v2/requests/{queued}/status").json()["status"] == "QUEUED"
-            assert len(jobs.decoded) == 1  # the queued job's; the running one's was taken by the worker
+            assert len(jobs.lifecycle.decoded) == 1  # the queued job's; the running one's was taken by the worker
             assert jobs.inputs.get(queued) is not None  # its bytes are stored all the same (it survives a restart)
             assert http.post(f"/v2/requests/{queued}/cancel").json()["status"] == "CANCELLED"
-            assert len(jobs.decoded) == 0 and jobs.decoded.pixels == 0
+            assert len(jobs.lifecycle.decoded) == 0 and jobs.lifecycle.decoded.pixels == 0
             gate.set()
             assert wait_terminal(http, running)["status"] == "COMPLETED"
     finally:
@@ -197,12 +197,13 @@ def test_overhead_time_is_the_services_own_time(tmp_path, tiny_model_dir, inpain
 
 
 def test_base64_wrapped_over_lines_is_read():
-    from service.inputs import InputError, decode_inline
+    from service.http.inputs import decode_inline
+    from service.jobs.errors import BadInput
 
     data = png_bytes(box_mask(64, 64, (8, 8, 32, 32)))
     encoded = base64.b64encode(data).decode()
     wrapped = "\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
     assert decode_inline(encoded, "mask", 1 << 20) == data
     assert decode_inline(wrapped + "\n", "mask", 1 << 20) == data
-    with pytest.raises(InputError, match="nor valid base64"):
+    with pytest.raises(BadInput, match="nor valid base64"):
         decode_inline(wrapped + "!", "mask", 1 << 20)

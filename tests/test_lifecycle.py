@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from schemas import JobStatus
-from service.sqlite_store import SQLiteState
+from service.stores.sqlite import SQLiteState
 from tests.conftest import REPO
 from tests.servers import KEY_A, SlowInpainter, api_server, make_settings
 from tests.test_service import BODY, SLUG, wait_terminal
@@ -76,7 +76,7 @@ def test_job_that_crashed_twice_is_failed_not_stuck(tmp_path, tiny_model_dir, in
 
 
 def test_status_never_moves_backwards_in_the_store(tmp_path):
-    from service.jobs import JobRecord
+    from service.jobs.records import JobRecord
 
     store = SQLiteState(tmp_path / "jobs.sqlite3")
     now = time.time()
@@ -92,7 +92,7 @@ def test_status_never_moves_backwards_in_the_store(tmp_path):
 
 def test_web_tier_does_not_import_torch():
     code = (
-        "import sys, service.app, service.backend, service.__main__; "
+        "import sys, service.http.app, service.backend, service.__main__; "
         "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; print(heavy); assert not heavy"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -11,9 +11,11 @@ import pytest
 
 from schemas import JobStatus
 from service.backend import build_modal
-from service.jobs import JobRecord
-from service.modal_backend import DictInputs, DictRecords
-from service.sqlite_store import FileInputs, SQLiteState
+from service.jobs.records import JobRecord
+from service.stores.modal_dicts import DictRecords
+from service.stores.object_inputs import ObjectInputs
+from service.stores.results import LocalStorage
+from service.stores.sqlite import FileInputs, SQLiteState
 from tests.conftest import REPO
 from tests.images import box_mask, gradient_image, png_bytes
 from tests.standins import standin_dicts
@@ -90,12 +92,16 @@ def test_web_image_has_no_torch(recorded_app):
 
 
 def test_gpu_image_pins_resolve_for_linux_py311(recorded_app, tmp_path):
-    """The GPU image's pinned wheels exist and co-resolve for linux x86_64 / CPython 3.11."""
+    """The GPU image's pinned wheels exist and co-resolve for linux x86_64 / CPython 3.11, with torch the CUDA
+    build of the release the tests run on."""
     module, _ = recorded_app
     report = tmp_path / "report.json"
     # pip does not expand manylinux tags for a foreign --platform: name every glibc level up to Modal's 2.28.
     platforms = [arg for glibc in range(17, 29) for arg in ("--platform", f"manylinux_2_{glibc}_x86_64")]
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+    # --isolated, PyPI only: a local index or find-links (a CPU build of torch on disk) must not answer for it.
+    cert = ["--cert", os.environ["PIP_CERT"]] if os.environ.get("PIP_CERT") else []
+    cmd = [sys.executable, "-m", "pip", "install", "--isolated", *cert, "--index-url", "https://pypi.org/simple",
+           "--dry-run", "--ignore-installed", "--quiet",
            "--target", str(tmp_path / "target"), "--report", str(report), "--only-binary=:all:",
            "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", *platforms,
            "--platform", "manylinux2014_x86_64", *module.GPU_PACKAGES]
@@ -109,7 +115,11 @@ def test_gpu_image_pins_resolve_for_linux_py311(recorded_app, tmp_path):
     import json
 
     resolved = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
-    assert resolved["torch"] == "2.9.1" and resolved["xformers"] == "0.0.33.post2"
+    from importlib.metadata import version
+
+    assert resolved["torch"] == version("torch").split("+")[0]  # what ships is what is tested
+    assert any(name.startswith("nvidia-") for name in resolved)  # PyPI's Linux torch: the CUDA build
+    assert "xformers" not in resolved
 
 
 def test_container_env_carries_the_deploy_config_but_no_secrets(recorded_app, monkeypatch):
@@ -243,7 +253,7 @@ def stores(request, tmp_path):
     if request.param == "sqlite":
         return SQLiteState(tmp_path / "jobs.sqlite3"), FileInputs(tmp_path / "inputs")
     dicts = standin_dicts()
-    return DictRecords(dicts["records"], dicts["active"]), DictInputs(dicts["inputs"])
+    return DictRecords(dicts["records"], dicts["active"], dicts["expiry"]), ObjectInputs(LocalStorage(tmp_path))
 
 
 def make_record(job_id, created, ttl=60.0):
@@ -260,22 +270,23 @@ def test_store_contract(stores):
     assert records.get("j1").id == "j1" and records.get("nope") is None
     assert inputs.get("j2") == (b"img2", b"mask")
     assert records.unfinished_ids(JobStatus.QUEUED) == ["j0", "j1", "j2"]
-    assert [records.queue_position(f"j{i}") for i in range(3)] == [0, 1, 2]
+    assert [records.queue_position(records.get(f"j{i}")) for i in range(3)] == [0, 1, 2]
     assert records.unfinished() == 3
     assert records.update("j0", status=JobStatus.PROCESSING, attempts=1).attempts == 1
-    assert records.queue_position("j2") == 1
+    assert records.queue_position(records.get("j2")) == 1
     assert records.update("j0", status=JobStatus.QUEUED) is None  # never backwards
     assert records.update("j0", status=JobStatus.COMPLETED) is None  # only finish() ends a job
     assert records.finish("j0", status=JobStatus.COMPLETED).status == JobStatus.COMPLETED
     assert records.finish("j0", status=JobStatus.FAILED) is None  # exactly once
     assert records.update("j0", progress_step=1) is None  # a late write never shows
     assert records.get("j0").status == JobStatus.COMPLETED and records.get("j0").progress_step is None
-    inputs.delete("j0")
+    inputs.delete(["j0"])
     assert inputs.get("j0") is None
     assert records.unfinished() == 2
-    assert [r.id for r in records.expired(now + 60.5)] == ["j0"]
-    records.delete("j0")
-    assert records.get("j0") is None
+    expired = records.expired(now + 60.5)
+    assert [job.id for job in expired] == ["j0"]
+    records.delete(expired)
+    assert records.get("j0") is None and records.expired(now + 60.5) == []
     assert records.claim("attempt1:j1") and not records.claim("attempt1:j1")
     records.update("j1", status=JobStatus.PROCESSING, progress_step=3, progress_total=20)
     assert not records.cancel_requested("j1")
@@ -292,7 +303,7 @@ def test_store_hides_expired_finished_jobs_only(stores):
     records.finish("old", status=JobStatus.FAILED, expires_at=now - 1)
     assert records.get("old") is None
     assert records.get("waiting").status == JobStatus.QUEUED  # unfinished jobs never vanish
-    assert [r.id for r in records.expired(now)] == ["old"]
+    assert [job.id for job in records.expired(now)] == ["old"]
 
 
 def test_download_weights_never_overwrites_what_a_snapshot_used(recorded_app, monkeypatch, tmp_path):

@@ -5,22 +5,23 @@ one webhook and one refund."""
 import asyncio
 import threading
 import time
+import uuid
 
 import httpx
 import modal.exception
 import pytest
 
 from schemas import InpaintParams, JobStatus
-from service.app import create_app
-from service.auth import key_owner
+from service.http.app import create_app
+from service.jobs.identity import key_owner
 from service.backend import build_modal
-from service.failures import Failure
-from service.housekeeping import reap_stale
-from service.job_service import WorkerFailed
-from service.jobs import JobRecord
-from service.limits import remaining_credits
-from service.modal_backend import outcome_to_wire
-from service.worker import run_job
+from service.jobs.failures import Failure
+from service.jobs.housekeeping import reap_stale
+from service.jobs.errors import WorkerFailed
+from service.jobs.records import JobRecord
+from service.jobs.limits import remaining_credits
+from service.stores.modal_dispatch import outcome_to_wire
+from service.jobs.worker import run_job
 from tests.images import box_mask, gradient_image, png_bytes
 from tests.servers import KEY_A, ApiServer, free_port, make_settings
 from tests.standins import StandInSpawner, standin_dicts
@@ -66,7 +67,7 @@ class Deployment:
 
     def submit(self, prompt="a chair"):
         owner = key_owner(KEY_A)
-        record, _ = self.web.admit(owner, InpaintParams(prompt=prompt, seed=3), png_bytes(gradient_image()),
+        record, _ = self.web.admission.admit(owner, InpaintParams(prompt=prompt, seed=3), png_bytes(gradient_image()),
                                    png_bytes(box_mask()), "http://test")
         return record.id
 
@@ -106,7 +107,7 @@ def test_cancel_racing_the_start_of_the_job(deployment):
     reached, release = d.dicts["records"].pause_before("put", f"job:{job_id}")
     d.gate.set()
     assert reached.wait(30)
-    cancelled = d.web.cancel(d.web.records.get(job_id))  # the web tier sees QUEUED and ends the job
+    cancelled = d.web.lifecycle.cancel(d.web.records.get(job_id))  # the web tier sees QUEUED and ends the job
     release.set()
     record = d.wait_end(job_id)
     d.spawner.pool.shutdown(wait=True)
@@ -193,11 +194,13 @@ def test_sweep_leaves_a_slow_worker_alone(deployment):
 
 def test_spawn_failure_answers_503_and_ends_the_job(deployment):
     d = deployment(spawn_error=modal.exception.ConnectionError("modal is down"))
-    from service.errors import ApiError
+    from service.http.errors import job_error_status
+    from service.jobs.errors import NoWorker
 
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(NoWorker) as refused:
         d.submit()
-    assert refused.value.status == 503 and "nothing was charged" in refused.value.message
+    assert job_error_status(refused.value) == (503, {"Retry-After": "5"})
+    assert "nothing was charged" in refused.value.message
     failed = [d.web.records.get(job_id) for job_id in d.webhooks]
     assert len(failed) == 1 and failed[0].failure == Failure.UNAVAILABLE
     assert d.credits_left() == BUDGET and d.web.records.unfinished() == 0
@@ -224,7 +227,7 @@ def test_a_dead_call_is_not_answered_as_still_running(deployment, error):
     job_id = d.submit()
     with pytest.raises(WorkerFailed):
         asyncio.run(d.web.dispatcher.wait(job_id, 30))
-    outcome = asyncio.run(d.web.wait_until_done(job_id, 30))
+    outcome = asyncio.run(d.web.waiting.wait_until_done(job_id, 30))
     assert outcome.record.status == JobStatus.FAILED and outcome.record.failure == Failure.UNAVAILABLE
     assert type(error).__name__ in outcome.record.error
 
@@ -281,31 +284,40 @@ def test_modal_backends_serve_the_sdk_flows(modal_server):
     assert httpx.get(f"{server.url}/health").json()["device"] == "modal:L4"
 
 
-def test_dict_calls_per_request_are_constant(modal_server, capsys):
-    """Counted, not scanned: submit, a status poll and /health cost a fixed number of Dict calls,
-    however many jobs are stored."""
-    server, d = modal_server
-    d.gate.clear()
-    costs = {}
-    with httpx.Client(base_url=server.url, headers={"x-api-key": KEY_A}, timeout=60) as client:
-        for round_ in range(2):
-            before = dict_calls(d)
-            request_id = client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
-            submit = dict_calls(d) - before
-            before = dict_calls(d)
-            assert client.get(f"/v2/requests/{request_id}/status").json()["status"] == "QUEUED"
-            status = dict_calls(d) - before
-            before = dict_calls(d)
-            client.get("/health")
-            health = dict_calls(d) - before
-            costs[round_] = (submit, status, health)
-            for _ in range(5):  # more stored jobs must not change the next round's costs
-                client.post(f"/v2/{SLUG}", json=BODY)
-        d.gate.set()
+@pytest.mark.parametrize("active", [10, 1_000, 10_000])
+def test_store_cost_per_request_does_not_grow_with_the_queue(deployment, active, capsys):
+    """What a submit, a status poll (and each round of a long-poll) and /health cost on the Dicts, counted as the
+    real modal.Dict costs (round trips, plus every entry a stream sends or len() counts), with 10, 1,000 and
+    10,000 jobs waiting. The queue depth is re-read at most once a second per container, so /health and the
+    queue cap cost nothing in between."""
+    d = deployment()
+    d.gate.clear()  # nothing runs: every job stays QUEUED
+    d.settings.max_queue_depth = 0
+    for _ in range(active):
+        d.web.records.create(JobRecord(id=str(uuid.uuid4()), owner="o", params={"prompt": "p"},
+                                       created_at=time.time(), expires_at=time.time() + 60))
+    d.web.records.depth.max_age = 3600.0  # measure what happens between two reads of the depth
+    assert d.web.records.unfinished() == active  # one read, counted by the server
+
+    def cost(action):
+        before = dict_cost(d)
+        result = action()
+        return dict_cost(d) - before, result
+
+    submit, job_id = cost(d.submit)
+    record = d.web.records.get(job_id)
+    status, body = cost(lambda: d.web.waiting.status(record))
+    poll, _ = cost(lambda: d.web.waiting._view(job_id))
+    health, depth = cost(d.web.records.unfinished)
     with capsys.disabled():
-        print(f"\nDict calls (submit, QUEUED status poll, /health): {costs[0]}")
-    assert costs[0] == costs[1]
-    assert all(d.dicts[name].calls for name in ("records", "active", "inputs", "counters"))
+        print(f"\n{active} active: Dict cost of a submit {submit}, a QUEUED status {status}, one long-poll "
+              f"round {poll}, /health {health}")
+    assert body.queue_position == active and depth == active + 1
+    assert (submit, status, poll, health) == (7, 1, 3, 0)
+
+
+def dict_cost(d) -> int:
+    return sum(x.cost() for x in d.dicts.values())
 
 
 def test_modal_status_monotonic_and_cancel(modal_server):
@@ -348,7 +360,7 @@ def test_cancel_flag_is_read_at_most_every_half_second(deployment):
 
 
 def test_sweep_keeps_credit_counters_alive(deployment):
-    from service.housekeeping import keep_counters_alive
+    from service.jobs.housekeeping import keep_counters_alive
 
     d = deployment()
     d.submit()
@@ -385,14 +397,14 @@ def test_an_attempt_claimed_by_a_worker_that_died_before_recording_it_ends_bound
 
 
 def test_a_store_error_at_submit_gives_the_charges_back(deployment):
-    from service.ports import StoreUnavailable
+    from service.jobs.errors import StoreUnavailable
 
     d = deployment()
 
     def refuse(key, value, **kwargs):
         raise modal.exception.RequestSizeError("too large")
 
-    d.dicts["inputs"].put = refuse
+    d.dicts["records"].put = refuse
     with pytest.raises(StoreUnavailable):
         d.submit()
     assert d.credits_left() == BUDGET and d.web.records.unfinished() == 0

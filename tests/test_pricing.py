@@ -2,7 +2,7 @@
 
 import pytest
 
-from service import pricing
+from service.jobs import pricing
 
 
 def test_every_modal_gpu_type_has_a_positive_price():

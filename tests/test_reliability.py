@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.inputs import is_public_address
+from service.jobs.safe_urls import is_public_address
 from schemas import JobStatus
 from tests.servers import KEY_A, SlowInpainter, api_server, free_port, make_settings
 from tests.test_service import BODY, SLUG, wait_terminal

@@ -7,11 +7,11 @@ import httpx
 import pytest
 
 from schemas import InpaintParams, JobStatus
-from service.app import create_app
-from service.auth import key_owner
+from service.http.app import create_app
+from service.jobs.identity import key_owner
 from service.backend import build_embedded
-from service.failures import FAILURE_TABLE, Failure, refunded, v1_status
-from service.limits import remaining_credits
+from service.jobs.failures import FAILURE_TABLE, Failure, refunded, v1_status
+from service.jobs.limits import remaining_credits
 from tests.images import box_mask, gradient_image, png_bytes
 from tests.servers import KEY_A, ApiServer, SlowInpainter, free_port, make_settings
 from tests.test_service import BODY, SLUG, wait_terminal
@@ -43,9 +43,16 @@ class LoopGuard:
         return guarded
 
 
+def swap_store(jobs, name: str, replacement) -> None:
+    """Put `replacement` in place of the job service's store `name` in every part that holds it."""
+    for part in (jobs, jobs.admission, jobs.lifecycle, jobs.waiting):
+        if hasattr(part, name):
+            setattr(part, name, replacement)
+
+
 def guard_ports(jobs, violations: list) -> None:
-    jobs.records, jobs.inputs, jobs.counters = (LoopGuard(p, violations, jobs.inline_reads)
-                                                for p in (jobs.records, jobs.inputs, jobs.counters))
+    for name in ("records", "inputs", "counters"):
+        swap_store(jobs, name, LoopGuard(getattr(jobs, name), violations, jobs.waiting.inline_reads))
 
 
 def test_no_handler_calls_the_store_on_the_event_loop(tmp_path, tiny_model_dir, inpainter):
@@ -54,7 +61,7 @@ def test_no_handler_calls_the_store_on_the_event_loop(tmp_path, tiny_model_dir, 
     backend = build_embedded(make_settings(tmp_path, tiny_model_dir, key_credits={KEY_A: 50}),
                              lambda: SlowInpainter(inpainter, gate=gate))
     jobs = backend.jobs
-    assert jobs.inline_reads  # SQLite in WAL mode, a read connection per thread: reads never wait on a writer
+    assert jobs.waiting.inline_reads  # SQLite in WAL mode, a read connection per thread: reads never wait on a writer
     guard_ports(jobs, violations)
     server = ApiServer(create_app(backend), free_port()).start()
     try:
@@ -91,20 +98,20 @@ def test_a_failed_job_is_refunded_exactly_once(tmp_path, tiny_model_dir, failure
     settings = make_settings(tmp_path, tiny_model_dir, key_credits={KEY_A: 5})
     jobs = build_embedded(settings, lambda: None).jobs  # not started: nothing runs the job
     ended = []
-    jobs.on_terminal = ended.append
+    jobs.lifecycle.on_terminal = ended.append
     owner = key_owner(KEY_A)
-    record, left = jobs.admit(owner, InpaintParams(prompt="p", samples=2), png_bytes(gradient_image()),
+    record, left = jobs.admission.admit(owner, InpaintParams(prompt="p", samples=2), png_bytes(gradient_image()),
                               png_bytes(box_mask()), "http://x")
     assert left == 3
     results = []
-    threads = [threading.Thread(target=lambda: results.append(jobs.fail(record.id, failure, "boom")))
+    threads = [threading.Thread(target=lambda: results.append(jobs.lifecycle.fail(record.id, failure, "boom")))
                for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert sum(r is not None for r in results) == 1 and len(ended) == 1
-    assert jobs.complete(record.id) is None  # nothing ends twice
+    assert jobs.lifecycle.complete(record.id) is None  # nothing ends twice
     expected = 5 if refunded(failure) else 3
     assert remaining_credits(jobs.counters, owner, 5) == expected
     assert jobs.records.get(record.id).status == JobStatus.FAILED and jobs.inputs.get(record.id) is None
@@ -121,7 +128,7 @@ def test_modal_handlers_make_no_store_call_on_the_event_loop(tmp_path, tiny_mode
     spawner = StandInSpawner(lambda job_id: None)
     backend = build_modal(settings, dicts, spawn=spawner.spawn, call_from_id=spawner.from_id, gpu="L4")
     jobs = backend.jobs
-    assert not jobs.inline_reads
+    assert not jobs.waiting.inline_reads
     guard_ports(jobs, violations)
     server = ApiServer(create_app(backend), free_port()).start()
     try:
@@ -139,18 +146,18 @@ def test_modal_handlers_make_no_store_call_on_the_event_loop(tmp_path, tiny_mode
 
 
 def test_a_failing_refund_does_not_cost_the_webhook(tmp_path, tiny_model_dir):
-    from service.ports import StoreUnavailable
+    from service.jobs.errors import StoreUnavailable
 
     settings = make_settings(tmp_path, tiny_model_dir, key_credits={KEY_A: 5})
     jobs = build_embedded(settings, lambda: None).jobs
     ended = []
-    jobs.on_terminal = ended.append
-    record, _ = jobs.admit(key_owner(KEY_A), InpaintParams(prompt="p"), png_bytes(gradient_image()),
+    jobs.lifecycle.on_terminal = ended.append
+    record, _ = jobs.admission.admit(key_owner(KEY_A), InpaintParams(prompt="p"), png_bytes(gradient_image()),
                            png_bytes(box_mask()), "http://x")
     def failing_modify(name, change):
         raise StoreUnavailable("disk full")
 
-    jobs.counters = type("Broken", (), {"modify": staticmethod(failing_modify)})()
-    assert jobs.fail(record.id, Failure.INTERNAL, "boom") is not None
+    swap_store(jobs, "counters", type("Broken", (), {"modify": staticmethod(failing_modify)})())
+    assert jobs.lifecycle.fail(record.id, Failure.INTERNAL, "boom") is not None
     assert [r.id for r in ended] == [record.id]  # the webhook still goes out
     assert jobs.inputs.get(record.id) is None

@@ -337,9 +337,11 @@ def test_redirect_hops_are_rechecked(image_host, monkeypatch):
     """A public-looking first hop that redirects to a private address is refused at the second hop."""
     import asyncio
 
-    from service import inputs
+    from service.http import inputs
+    from service.jobs import safe_urls
+    from service.jobs.errors import BadInput
 
-    monkeypatch.setattr(inputs, "is_public_address", lambda ip: str(ip) == "127.0.0.1")
+    monkeypatch.setattr(safe_urls, "is_public_address", lambda ip: str(ip) == "127.0.0.1")
     limits = inputs.FetchLimits(allow_private=False)
 
     async def go(url):
@@ -348,5 +350,5 @@ def test_redirect_hops_are_rechecked(image_host, monkeypatch):
 
     assert asyncio.run(go(f"{image_host.url}/redirect/image.png")).startswith(b"\x89PNG")
     port = image_host.url.rsplit(":", 1)[1]
-    with pytest.raises(inputs.InputError, match="non-public"):
+    with pytest.raises(BadInput, match="non-public"):
         asyncio.run(go(f"{image_host.url}/goto?http://127.0.0.2:{port}/image.png"))

@@ -95,7 +95,7 @@ def one_mode(model_dir: str, inputs: Path, mode: str, runs: int, output_format: 
     from inference.compose import prepare
     from inference.crop import model_scale
     from schemas import InpaintRequest
-    from service.worker import encode_image
+    from service.jobs.worker import encode_image
 
     inpainter = Inpainter(model_dir, safety_checker=False)
     plain = mode == "plain 512x512"

@@ -1,13 +1,13 @@
 """GPU latency and $/image of the full-size SD1.5-inpainting pipeline (random weights: weights don't change speed).
 
-    python -m scripts.bench.gpu [--modes eager,xformers,compile] [--sizes 512,768] [--batches 1,2,4,8]
+    python -m scripts.bench.gpu [--modes eager,compile] [--sizes 512,768] [--batches 1,2,4,8]
                                 [--steps 20] [--runs 10] [--warmup 2] [--price-per-second P]
 
 Needs CUDA; exits 2 with a message otherwise. Method:
-- Every mode (eager = PyTorch SDPA; xformers; compile = torch.compile + channels_last + fused QKV, the
+- Every mode (eager = PyTorch SDPA; compile = torch.compile + channels_last + fused QKV, the
   production path of inference/pipeline.py) is loaded side by side, and each mode's attention
-  processors are checked after loading: a mode that silently fell back (xformers missing) is
-  reported as unavailable, never timed under the wrong name.
+  processors are checked after loading: a mode that silently did not take effect is reported as
+  unavailable, never timed under the wrong name.
 - Per (size, batch): `--warmup` untimed calls per mode (the first one compiles, timed apart as
   compile_seconds), then `--runs` rounds that run every mode once in a rotating order, so drift
   (clocks, thermals) hits all modes alike. CUDA is synchronised around each call. p50 and p90.
@@ -34,8 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-EXPECTED_PROCESSOR = {"eager": "AttnProcessor2_0", "xformers": "XFormersAttnProcessor",
-                      "compile": "FusedAttnProcessor2_0"}
+EXPECTED_PROCESSOR = {"eager": "AttnProcessor2_0", "compile": "FusedAttnProcessor2_0"}
 
 
 def build(model_dir: Path, mode: str, device: str, dtype):
@@ -53,7 +52,7 @@ def build(model_dir: Path, mode: str, device: str, dtype):
             if hasattr(torch._dynamo.config, name):
                 setattr(torch._dynamo.config, name, 64)
     pipe = load_pipeline(model_dir, device=device, dtype=dtype, safety_checker=False,
-                         xformers=(mode == "xformers"), compile_unet=(mode == "compile"))
+                         compile_unet=(mode == "compile"))
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
     processors = sorted({type(p).__name__ for p in unet.attn_processors.values()})
@@ -284,7 +283,7 @@ def ints(raw: str) -> list[int]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "inpaint-full-size-random")
-    parser.add_argument("--modes", default="eager,xformers,compile")
+    parser.add_argument("--modes", default="eager,compile")
     parser.add_argument("--sizes", default="512,768")
     parser.add_argument("--batches", default="1,2,4,8")
     parser.add_argument("--steps", type=int, default=20)
@@ -304,7 +303,7 @@ def main(argv=None) -> int:
         print("no CUDA device: the GPU benchmark needs one (run it on a GPU machine). Nothing measured.")
         return 2
     from scripts.bench.cold_start import make_full_size_model
-    from service.pricing import gpu_from_device_name, price_per_second
+    from service.jobs.pricing import gpu_from_device_name, price_per_second
 
     gpu = torch.cuda.get_device_name(0)
     gpu_type = gpu_from_device_name(gpu)

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from schemas import MODEL_SLUG
-from service.app import create_app
+from service.http.app import create_app
 from service.backend import build_embedded
 from service.config import Settings
-from service.inputs import FetchLimits, make_client
+from service.http.inputs import FetchLimits, make_client
 from tests.images import b64_png, box_mask, gradient_image
 
 KEY = "bench-key"

@@ -7,9 +7,9 @@ which the status endpoint pays on every poll. The job service is read from app.s
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
-from service.auth import authenticate
-from service.job_service import JobService
-from service.jobs import JobRecord
+from service.http.auth import authenticate
+from service.jobs.service import JobService
+from service.jobs.records import JobRecord
 
 # Declared for OpenAPI (the Authorize button); `authenticate` reads the same header, or Authorization: Bearer.
 API_KEY = APIKeyHeader(name="x-api-key", auto_error=False,
@@ -36,4 +36,4 @@ async def caller(request: Request, _key: str | None = Security(API_KEY)) -> str:
 async def owned_job(request_id: str, request: Request, owner: str = Security(caller)) -> JobRecord:
     request.state.request_id = request_id  # for the access log, found or not
     jobs = request.app.state.jobs
-    return await jobs.read(jobs.owned, owner, request_id)
+    return await jobs.waiting.read(jobs.waiting.owned, owner, request_id)

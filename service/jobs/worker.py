@@ -1,33 +1,30 @@
-"""Running jobs: the step every backend shares (`run_job`) and the embedded in-process dispatcher.
+"""Running jobs on a model: the step every backend shares (`run_jobs`), grouping compatible jobs into one
+pipeline call, ending each job once, storing its results.
 
-`run_job` takes any object with Inpainter's `run(params, image, mask, on_step)`
+`run_jobs` takes any object with Inpainter's `run(params, image, mask, on_step)`
 method, so this module never imports torch: the embedded server passes an
 `inference.Inpainter`, the Modal GPU class passes its own.
 """
 
 import io
 import logging
-import queue
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from PIL import Image
 
-from schemas import InpaintParams, JobStatus, batch_key
-from service.failures import Failure
-from service.job_service import JobOutcome, JobService
-from service.jobs import JobRecord, StoredImage
-from service.ports import StoreUnavailable
-from service.storage import StorageError
+from schemas import InpaintParams, batch_key
+from service.jobs.errors import StorageError, StoreUnavailable
+from service.jobs.failures import Failure
+from service.jobs.records import JobOutcome, JobRecord, StoredImage
+from service.jobs.service import JobService
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 PROGRESS_WRITE_INTERVAL = 0.2  # seconds between progress writes to the job store
-STORE_RETRY_SECONDS = 1.0  # when the store cannot be written (disk full), wait this long before retrying a job
 
 
 class Cancelled(Exception):
@@ -114,23 +111,23 @@ def _requests(job_ids: list[str], jobs: JobService) -> list[tuple[str, InpaintPa
 
 def _start(job_id: str, jobs: JobService, outcomes: dict[str, JobOutcome | None]) -> _Job | None:
     """PROCESSING with its request and inputs, or None (nothing to run, or FAILED here: see outcomes)."""
-    record = jobs.start(job_id)
+    record = jobs.lifecycle.start(job_id)
     if record is None:
         return None
     try:
-        images = jobs.input_images(job_id)
+        images = jobs.lifecycle.input_images(job_id)
         params = InpaintParams.model_validate(record.params, strict=False)
     except StoreUnavailable:
         raise
     except Exception as exc:  # unreadable stored inputs or request: this job fails, the others run
         log.exception("job %s: its stored inputs cannot be read", job_id)
-        outcomes[job_id] = JobOutcome(jobs.fail(job_id, Failure.INTERNAL, f"the job's stored inputs cannot "
+        outcomes[job_id] = JobOutcome(jobs.lifecycle.fail(job_id, Failure.INTERNAL, f"the job's stored inputs cannot "
                                                 f"be read ({type(exc).__name__})") or record)
         return None
     if images is None:
-        outcomes[job_id] = JobOutcome(jobs.fail(job_id, Failure.INTERNAL, "job inputs are missing") or record)
+        outcomes[job_id] = JobOutcome(jobs.lifecycle.fail(job_id, Failure.INTERNAL, "job inputs are missing") or record)
         return None
-    return _Job(job_id, record, params, images[0], images[1], jobs.cancel_check(job_id))
+    return _Job(job_id, record, params, images[0], images[1], jobs.lifecycle.cancel_check(job_id))
 
 
 def _groups(waiting: list[tuple[str, InpaintParams | None]], max_images: int) -> list[list[tuple]]:
@@ -167,8 +164,8 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
         return seconds * job.params.samples / total_images
 
     def end(job: _Job, failure: Failure, message: str, busy: float | None = None) -> None:
-        extra = jobs.usage_fields(gpu_share(job, busy), len(group), cold_start) if busy is not None else {}
-        job.outcome = JobOutcome(jobs.fail(job.id, failure, message, **extra) or jobs.records.get(job.id)
+        extra = jobs.lifecycle.usage_fields(gpu_share(job, busy), len(group), cold_start) if busy is not None else {}
+        job.outcome = JobOutcome(jobs.lifecycle.fail(job.id, failure, message, **extra) or jobs.records.get(job.id)
                                  or job.record)
 
     def on_step(step: int, total: int) -> None:
@@ -186,7 +183,7 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
             if now - job.last_progress >= PROGRESS_WRITE_INTERVAL and step < total:
                 job.last_progress = now
                 try:
-                    jobs.progress(job.id, step, total)
+                    jobs.lifecycle.progress(job.id, step, total)
                 except Exception:  # a lost progress write is harmless; stopping the batch for it is not
                     log.warning("job %s: writing its progress failed", job.id, exc_info=True)
 
@@ -238,7 +235,7 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
         # A cancel ends a job here; anything else leaves it to be retried (restart recovery, lease reaper).
         for job in live():
             if jobs.records.cancel_requested(job.id):
-                jobs.fail(job.id, Failure.CANCELLED, "cancelled")
+                jobs.lifecycle.fail(job.id, Failure.CANCELLED, "cancelled")
         raise
 
 
@@ -256,181 +253,11 @@ def _store_results(job: _Job, jobs: JobService, output, call_share: float, batch
         jobs.storage.put(key, data, content_type)
         stored.append(StoredImage(key=key, content_type=content_type, file_size=len(data), seed=seed))
         files.append((data, content_type))
-    done = jobs.complete(job.id, files=files, inference_time=output.inference_time, images=stored, seeds=output.seeds,
+    done = jobs.lifecycle.complete(job.id, files=files, inference_time=output.inference_time, images=stored, seeds=output.seeds,
                          progress_step=output.steps_run, progress_total=output.steps_run,
-                         **jobs.usage_fields(call_share + time.monotonic() - started, batch_size, cold_start))
+                         **jobs.lifecycle.usage_fields(call_share + time.monotonic() - started, batch_size, cold_start))
     if done is None:  # it ended meanwhile (cancelled, reaped): the stored files are orphans
         jobs.storage.delete([s.key for s in stored])
         current = jobs.records.get(job.id)
         return JobOutcome(current) if current else None
     return JobOutcome(done, files)
-
-
-class EmbeddedDispatcher:
-    """One worker thread over a persistent queue (the job store); one job at a time per model instance."""
-
-    def __init__(self, inpainter_factory: Callable[[], Any], shutdown_grace: float = 10.0,
-                 job_timeout: float = 600.0, batch_max_images: int = 1, batch_wait_ms: float = 10.0):
-        self.inpainter_factory = inpainter_factory
-        self.shutdown_grace = shutdown_grace
-        self.job_timeout = job_timeout
-        self.batch_max_images = batch_max_images
-        self.batch_wait = batch_wait_ms / 1000
-        self.jobs: JobService | None = None  # set by bind(): the service and its dispatcher refer to each other
-        self.inpainter = None
-        self.state = "loading"
-        self.error: str | None = None
-        self.device: str | None = None
-        self._queue: "queue.Queue[str | None]" = queue.Queue()
-        self._dispatched: dict[str, float] = {}
-        self._waiting: set[str] = set()  # jobs a v1 caller waits for: their outcome (with the image bytes)
-        self._outcomes: dict[str, JobOutcome] = {}  # is handed over, so v1 need not read the files back
-        self._running: set[str] = set()
-        self._load_seconds: float | None = None  # the model load the first jobs waited for (metrics)
-        self._handover = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def bind(self, jobs: JobService) -> None:
-        self.jobs = jobs
-        jobs.on_ended = self._hand_over  # a v1 caller gets its answer before the worker's end-of-job chores
-
-    def _hand_over(self, outcome: JobOutcome) -> None:
-        """Give the job's v1 waiter (if any) its outcome with the image bytes, and wake it."""
-        job_id = outcome.record.id
-        with self._handover:
-            if job_id in self._waiting:
-                self._outcomes[job_id] = outcome
-        self.jobs.changes.notify(job_id)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="inpaint-worker", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._queue.put(None)
-        if self._thread:
-            self._thread.join(self.shutdown_grace)
-
-    def _recover(self) -> None:
-        """Requeue what a previous process left: jobs it died in the middle of (retried once), then queued jobs."""
-        from service.housekeeping import reap_stale
-
-        reap_stale(self.jobs, lease=0)  # at start-up no PROCESSING job has a live worker
-        for job_id in self.jobs.records.unfinished_ids(JobStatus.QUEUED):
-            self.submit(job_id)
-
-    def submit(self, job_id: str) -> None:
-        self._dispatched[job_id] = time.time()
-        self._queue.put(job_id)
-
-    redispatch = submit
-
-    def cancel(self, job_id: str) -> None:
-        """Nothing to do: the worker checks the job's cancel flag before it starts and at every step."""
-
-    def last_dispatch(self, job_id: str) -> float | None:
-        return self._dispatched.get(job_id)
-
-    def call_state(self, job_id: str) -> str | None:
-        if job_id in self._dispatched:  # still waiting in this process's queue
-            return None
-        return "the worker stopped responding"  # taken by the worker thread, then silent: stuck or gone
-
-    async def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
-        """Wait on the store's change notifications (no thread held while waiting)."""
-        deadline = time.monotonic() + timeout
-        self._waiting.add(job_id)
-        try:
-            with self.jobs.changes.subscribe(job_id) as subscription:
-                while True:
-                    if (outcome := self._outcomes.pop(job_id, None)) is not None:
-                        return outcome
-                    # While the worker holds the job its outcome is handed over here, so the record is not read
-                    # at every progress write: that read would contend with the worker for the interpreter.
-                    if job_id not in self._running:
-                        record = await self.jobs.read(self.jobs.records.get, job_id)
-                        # Ended, and no worker took it up during the read (else its outcome, with the bytes, is
-                        # handed over a moment later).
-                        if record is None or (record.status.terminal and job_id not in self._running):
-                            return self._outcomes.pop(job_id, None) or (JobOutcome(record) if record else None)
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return None
-                    await subscription.wait(left)
-        finally:
-            with self._handover:
-                self._waiting.discard(job_id)
-                self._outcomes.pop(job_id, None)
-
-    def _load(self) -> bool:
-        started = time.monotonic()
-        try:
-            self.inpainter = self.inpainter_factory()
-            self._load_seconds = time.monotonic() - started
-            self.device = getattr(self.inpainter, "device", None)
-            self.state = "ready"
-            return True
-        except Exception as exc:
-            log.exception("the model failed to load")
-            self.error = f"the model failed to load: {exc}"
-            self.state = "error"
-            return False
-
-    def _loop(self) -> None:
-        try:
-            self._recover()  # here, not in start(): start() runs on the event loop, the store must not
-        except Exception:  # e.g. a full disk: the lease reaper handles what is left once the store works
-            log.exception("recovering the previous run's jobs failed; the housekeeping will retry them")
-        loaded = self._load()
-        while (first := self._queue.get()) is not None:
-            job_ids = [first, *self._company()]
-            try:
-                if loaded:
-                    self._running.update(job_ids)
-                    try:
-                        # A job stays "dispatched" (waiting here, not silent) until its group starts.
-                        outcomes = run_jobs(job_ids, self.jobs, self.inpainter, self.job_timeout,
-                                            self.batch_max_images, self._load_seconds,
-                                            on_start=lambda job_id: self._dispatched.pop(job_id, None))
-                        self._load_seconds = None  # only the first jobs waited for the load
-                        for outcome in outcomes.values():  # again: for a waiter that came after the job ended
-                            if outcome is not None:
-                                self._hand_over(outcome)
-                    finally:
-                        self._running.difference_update(job_ids)
-                        for job_id in job_ids:
-                            self._dispatched.pop(job_id, None)
-                            # A waiter that checked while the job was running reads its record now (also when
-                            # the round failed: its jobs are retried, or the waiter times out as it should).
-                            self.jobs.changes.notify(job_id)
-                else:
-                    for job_id in job_ids:
-                        self._dispatched.pop(job_id, None)
-                        self.jobs.fail(job_id, Failure.UNAVAILABLE, self.error or "the model is unavailable")
-            except StoreUnavailable as exc:  # e.g. disk full: keep the jobs, wait, try again
-                self.jobs.fault = str(exc)
-                log.error("jobs %s: %s; retrying in %.0fs", ", ".join(job_ids), exc, STORE_RETRY_SECONDS)
-                if not self._stopping.wait(STORE_RETRY_SECONDS):
-                    for job_id in job_ids:
-                        self.submit(job_id)
-            except Exception:  # the worker outlives any job
-                log.exception("jobs %s: unexpected error in the worker; it goes on with the next jobs",
-                              ", ".join(job_ids))
-
-    def _company(self) -> list[str]:
-        """With batching on: the jobs queued behind the first, up to batch_max_images in all, waiting at most
-        batch_wait seconds for more to arrive. Whether they can share a call is run_jobs' business."""
-        company: list[str] = []
-        deadline = time.monotonic() + self.batch_wait
-        while len(company) + 1 < self.batch_max_images:
-            try:
-                job_id = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if job_id is None:  # stopping: leave the signal for the loop
-                self._queue.put(None)
-                break
-            company.append(job_id)
-        return company

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from schemas import JobStatus
-from service.changes import Changes
-from service.jobs import JobRecord, apply_changes
-from service.ports import StoreUnavailable
+from service.jobs.changes import Changes
+from service.jobs.errors import StoreUnavailable
+from service.jobs.records import ExpiredJob, JobRecord, apply_changes
 
 T = TypeVar("T")
 
@@ -157,23 +157,28 @@ class SQLiteState:
     def unfinished(self) -> int:
         return int(self._select(COUNT_UNFINISHED)[0][0])
 
-    def queue_position(self, job_id: str) -> int:
-        rows = self._select("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND created_at < "
-                            "(SELECT created_at FROM jobs WHERE id = ?)", (job_id,))
+    def queue_position(self, record: JobRecord) -> int:
+        rows = self._select("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND created_at < ?",
+                            (record.created_at,))
         return int(rows[0][0])
 
     def unfinished_ids(self, status: JobStatus) -> list[str]:
         rows = self._select("SELECT id FROM jobs WHERE status = ? ORDER BY created_at", (status.value,))
         return [r[0] for r in rows]
 
-    def expired(self, now: float) -> list[JobRecord]:
-        rows = self._select("SELECT doc FROM jobs WHERE expires_at <= ? AND status IN ('COMPLETED', 'FAILED')", (now,))
-        return [JobRecord.model_validate_json(r[0]) for r in rows]
+    def expired(self, now: float) -> list[ExpiredJob]:
+        rows = self._select("SELECT doc FROM jobs WHERE expires_at <= ? AND status IN ('COMPLETED', 'FAILED') "
+                            "ORDER BY expires_at", (now,))
+        records = [JobRecord.model_validate_json(r[0]) for r in rows]
+        return [ExpiredJob(r.id, [image.key for image in r.images]) for r in records]
 
-    def delete(self, job_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            self._db.execute("DELETE FROM claims WHERE name LIKE ?", (f"%:{job_id}%",))
+    def delete(self, jobs: list[ExpiredJob]) -> None:
+        def forget() -> None:
+            for job in jobs:
+                self._db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+                self._db.execute("DELETE FROM claims WHERE name LIKE ?", (f"%:{job.id}",))
+
+        self._transaction(forget)
 
     def problem(self) -> str | None:
         """Why the database is unusable (checked by the housekeeping thread), or None."""
@@ -227,6 +232,7 @@ class FileInputs:
         except FileNotFoundError:
             return None
 
-    def delete(self, job_id: str) -> None:
-        for path in self._paths(job_id):
-            path.unlink(missing_ok=True)
+    def delete(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            for path in self._paths(job_id):
+                path.unlink(missing_ok=True)

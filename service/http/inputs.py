@@ -6,22 +6,21 @@ and refused when it points at a non-public address (loopback, private,
 link-local, cloud metadata, ...) unless the operator allows private URLs. The
 connection goes to the address that was checked (no DNS rebinding between the
 check and the request). Bytes are decoded once, with Pillow under a pixel cap; the
-decoded images go on to this process's worker (JobService.input_images).
+decoded images go on to this process's worker (JobLifecycle.input_images).
 """
 
 import asyncio
 import base64
 import binascii
 import io
-import ipaddress
-import socket
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 from PIL import Image
 
-from service.errors import ApiError
+from service.jobs.errors import BadInput
+from service.jobs.safe_urls import check_url_shape, pinned_url, resolve_checked_sync
 
 ALLOWED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 REDIRECT_CODES = {301, 302, 303, 307, 308}
@@ -38,71 +37,8 @@ class FetchLimits:
     allow_private: bool = False
 
 
-class InputError(ApiError):
-    def __init__(self, field: str, message: str):
-        super().__init__(400, f"parameter '{field}': {message}", field=field)
-
-
-# IPv6 forms that carry an IPv4 address in their last 32 bits: on NAT64/SIIT networks they reach that address.
-IPV4_CARRIERS = [ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96")]
-# Refused outright: local-use NAT64 (RFC 8215, operator-defined embedding) and deprecated site-local addresses.
-IPV6_REFUSED = [ipaddress.ip_network(n) for n in ("64:ff9b:1::/48", "fec0::/10")]
-
-
-def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """False for loopback, private, link-local (incl. 169.254.169.254 metadata), multicast, unspecified, reserved,
-    and for IPv6 forms that embed such an IPv4 address (mapped, compatible, SIIT, NAT64)."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return is_public_address(ip.ipv4_mapped)
-        if any(ip in net for net in IPV6_REFUSED) or ip.sixtofour is not None or ip.teredo is not None:
-            return False
-        if any(ip in net for net in IPV4_CARRIERS):
-            return is_public_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    return ip.is_global and not ip.is_multicast
-
-
-def resolve_checked_sync(host: str, port: int, field: str, allow_private: bool) -> str:
-    """Resolve host and return one address to connect to, after checking all of them."""
-    host = host.strip("[]")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise InputError(field, f"cannot resolve host {host!r}") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-    if not addresses:
-        raise InputError(field, f"cannot resolve host {host!r}")
-    if not allow_private:
-        for ip in addresses:
-            if not is_public_address(ip):
-                raise InputError(field, f"URL host {host!r} resolves to a non-public address ({ip}); refused")
-    return str(addresses[0])
-
-
 async def resolve_checked(host: str, port: int, field: str, allow_private: bool) -> str:
     return await asyncio.to_thread(resolve_checked_sync, host, port, field, allow_private)
-
-
-def check_url_shape(url: str, field: str) -> tuple:
-    """scheme/host/credentials checks; returns (parts, port)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise InputError(field, f"URL scheme {parts.scheme!r} is not allowed (http or https only)")
-    if not parts.hostname:
-        raise InputError(field, "URL has no host")
-    if parts.username or parts.password:
-        raise InputError(field, "URLs with credentials are not allowed")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise InputError(field, "URL has an invalid port") from None
-    return parts, port
-
-
-def pinned_url(parts, ip: str, port: int) -> str:
-    """The URL with its host replaced by the checked address (the Host header keeps the name)."""
-    ip_host = f"[{ip}]" if ":" in ip else ip
-    return parts._replace(netloc=f"{ip_host}:{port}").geturl()
 
 
 async def check_webhook_url(url: str, allow_private: bool) -> None:
@@ -124,21 +60,21 @@ async def fetch_url(url: str, field: str, limits: FetchLimits, client: httpx.Asy
                     url = urljoin(url, response.headers["location"])
                     continue
                 if response.status_code != 200:
-                    raise InputError(field, f"fetching the URL returned HTTP {response.status_code}")
+                    raise BadInput(field, f"fetching the URL returned HTTP {response.status_code}")
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limits.max_bytes:
-                    raise InputError(field, f"image is larger than {limits.max_bytes} bytes")
+                    raise BadInput(field, f"image is larger than {limits.max_bytes} bytes")
                 data = bytearray()
                 async for chunk in response.aiter_bytes():
                     data.extend(chunk)
                     if len(data) > limits.max_bytes:
-                        raise InputError(field, f"image is larger than {limits.max_bytes} bytes")
+                        raise BadInput(field, f"image is larger than {limits.max_bytes} bytes")
                 return bytes(data)
         except httpx.TimeoutException:
-            raise InputError(field, "timed out fetching the URL") from None
+            raise BadInput(field, "timed out fetching the URL") from None
         except httpx.HTTPError as exc:
-            raise InputError(field, f"could not fetch the URL ({type(exc).__name__})") from None
-    raise InputError(field, f"too many redirects (more than {limits.max_redirects})")
+            raise BadInput(field, f"could not fetch the URL ({type(exc).__name__})") from None
+    raise BadInput(field, f"too many redirects (more than {limits.max_redirects})")
 
 
 def decode_inline(value: str, field: str, max_bytes: int) -> bytes:
@@ -146,14 +82,14 @@ def decode_inline(value: str, field: str, max_bytes: int) -> bytes:
     if value.startswith("data:"):
         header, sep, payload = value.partition(",")
         if not sep or ";base64" not in header:
-            raise InputError(field, "data: URI must be base64-encoded (data:image/png;base64,...)")
+            raise BadInput(field, "data: URI must be base64-encoded (data:image/png;base64,...)")
         mime = header[5:].split(";")[0].strip().lower()
         if mime and mime not in ALLOWED_FORMATS.values():
-            raise InputError(field, f"data: URI type {mime!r} is not an image type we read "
+            raise BadInput(field, f"data: URI type {mime!r} is not an image type we read "
                                     f"(image/png, image/jpeg or image/webp)")
         value = payload
     if len(value) * 3 // 4 > max_bytes + 3:
-        raise InputError(field, f"image is larger than {max_bytes} bytes")
+        raise BadInput(field, f"image is larger than {max_bytes} bytes")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -161,7 +97,7 @@ def decode_inline(value: str, field: str, max_bytes: int) -> bytes:
     try:
         return base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise InputError(field, "is neither an http(s) URL, a data: URI nor valid base64") from None
+        raise BadInput(field, "is neither an http(s) URL, a data: URI nor valid base64") from None
 
 
 def check_image(data: bytes, field: str, max_pixels: int, max_side: int = FetchLimits.max_side) -> Image.Image:
@@ -169,20 +105,20 @@ def check_image(data: bytes, field: str, max_pixels: int, max_side: int = FetchL
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
-        raise InputError(field, f"image has too many pixels (limit {max_pixels})") from None
+        raise BadInput(field, f"image has too many pixels (limit {max_pixels})") from None
     except Exception:
-        raise InputError(field, "is not a readable image (PNG, JPEG or WebP expected)") from None
+        raise BadInput(field, "is not a readable image (PNG, JPEG or WebP expected)") from None
     if image.format not in ALLOWED_FORMATS:
-        raise InputError(field, f"image format {image.format} is not supported (PNG, JPEG or WebP)")
+        raise BadInput(field, f"image format {image.format} is not supported (PNG, JPEG or WebP)")
     width, height = image.size
     if width * height > max_pixels:
-        raise InputError(field, f"image is {width}x{height}, over the limit of {max_pixels} pixels")
+        raise BadInput(field, f"image is {width}x{height}, over the limit of {max_pixels} pixels")
     if max(width, height) > max_side:
-        raise InputError(field, f"image is {width}x{height}, over the limit of {max_side} pixels per side")
+        raise BadInput(field, f"image is {width}x{height}, over the limit of {max_side} pixels per side")
     try:
         image.load()
     except Exception:
-        raise InputError(field, "image data is truncated or corrupt") from None
+        raise BadInput(field, "image data is truncated or corrupt") from None
     return image
 
 
@@ -192,10 +128,10 @@ def looks_like_url(value: str) -> bool:
 
 def read_input(value: str, field: str, limits: FetchLimits, fetched: bytes | None = None) -> tuple[bytes, Image.Image]:
     """The bytes and the decoded image of a valid input given inline (data: URI or base64), or of the bytes
-    fetched from its URL (raises InputError). Blocking: decodes the image in full."""
+    fetched from its URL (raises BadInput). Blocking: decodes the image in full."""
     data = decode_inline(value, field, limits.max_bytes) if fetched is None else fetched
     if len(data) > limits.max_bytes:
-        raise InputError(field, f"image is larger than {limits.max_bytes} bytes")
+        raise BadInput(field, f"image is larger than {limits.max_bytes} bytes")
     return data, check_image(data, field, limits.max_pixels, limits.max_side)
 
 

@@ -20,11 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from service.bodies import final_body
-from service.inputs import InputError, check_url_shape, pinned_url, resolve_checked_sync
-from service.jobs import JobRecord
+from service.jobs.bodies import final_body
+from service.jobs.errors import BadInput
+from service.jobs.records import JobRecord
 from service.logs import log_event, redact_url
-from service.storage import ResultStorage
+from service.jobs.ports import ResultStorage
+from service.jobs.safe_urls import check_url_shape, pinned_url, resolve_checked_sync
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def deliver(url: str, body: dict, msg_id: str, secret: str, allow_private: bool 
                           attempt=attempt, delivered=True)
                 return True
             outcome = f"HTTP {response.status_code}"
-        except InputError as exc:
+        except BadInput as exc:
             log_event("webhook", webhook_id=msg_id, url=redact_url(url), delivered=False, error=exc.message)
             return False  # refused by the SSRF guard: retrying will not help
         except httpx.HTTPError as exc:

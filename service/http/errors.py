@@ -1,18 +1,31 @@
-"""Every error leaves as {"error": "..."} with the contract's status code."""
+"""Every error leaves as {"error": "..."} with the contract's status code. The job layer's refusals
+(service/jobs/errors.py) get theirs from one table here."""
 
 import logging
+from datetime import datetime, timezone
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.ports import StoreUnavailable
+from service.jobs.errors import (BadInput, JobError, NoWorker, NotFound, OutOfCredits, StoreUnavailable,
+                                 Throttled)
 
 log = logging.getLogger(__name__)
 
+JOB_ERROR_STATUS: dict[type[JobError], int] = {
+    BadInput: 400,
+    NotFound: 404,
+    OutOfCredits: 406,
+    Throttled: 429,
+    NoWorker: 503,
+}
+
 
 class ApiError(Exception):
+    """An HTTP answer decided by the HTTP layer itself (authentication, body size, unknown model, v1 timeout)."""
+
     def __init__(self, status: int, message: str, field: str | None = None, headers: dict | None = None):
         super().__init__(message)
         self.status = status
@@ -26,6 +39,23 @@ def error_response(status: int, message: str, field: str | None = None, headers:
     if field:
         body["field"] = field
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job_error_status(exc: JobError) -> tuple[int, dict[str, str]]:
+    """The status code and headers of a job-layer refusal."""
+    status = next(JOB_ERROR_STATUS[kind] for kind in type(exc).__mro__ if kind in JOB_ERROR_STATUS)
+    headers = {}
+    if isinstance(exc, Throttled):
+        headers = {"Retry-After": str(exc.retry_after), "x-rate-limit-reset-at-utc": _utc(exc.reset_at)}
+    elif isinstance(exc, OutOfCredits):
+        headers = {"x-remaining-credits": str(exc.remaining)}
+    elif isinstance(exc, NoWorker) and exc.retry_after:
+        headers = {"Retry-After": str(exc.retry_after)}
+    return status, headers
 
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -47,10 +77,17 @@ class HeaderLimit:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_middleware(HeaderLimit)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         request.state.error = exc.message  # the access log line says why
         return error_response(exc.status, exc.message, exc.field, exc.headers)
+
+    @app.exception_handler(JobError)
+    async def _job_error(request: Request, exc: JobError):
+        request.state.error = exc.message
+        status, headers = job_error_status(exc)
+        return error_response(status, exc.message, exc.field, headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -71,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreUnavailable)
     async def _store_unavailable(request: Request, exc: StoreUnavailable):
         log.error("store unavailable on %s %s: %s", request.method, request.url.path, exc)
-        request.app.state.jobs.fault = str(exc)  # /health shows it until a write succeeds again
+        request.app.state.jobs.lifecycle.fault = str(exc)  # /health shows it until a write succeeds again
         return error_response(503, "the server cannot store jobs right now (its storage is full or failing); "
                                    "nothing was charged, retry later", headers={"Retry-After": "10"})
 

@@ -7,13 +7,14 @@ The app must be created with docs_url=None and redoc_url=None.
 
 from importlib.resources import files
 
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_URL = "/docs-assets"
-ASSETS_DIR = files("fastapi_offline") / "static"
+ASSETS_DIR = files(fastapi_offline) / "static"
 
 
 def install_docs(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> None:

@@ -1,27 +1,20 @@
-"""Where result images go: local disk (embedded default) or any S3-compatible bucket."""
+"""Where result images go: local disk (embedded default) or any S3-compatible bucket. On Modal the job inputs
+go there too (service/stores/object_inputs.py)."""
 
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, TypeVar
+
+from service.jobs.errors import StorageError
+from service.jobs.ports import ResultStorage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Presigned S3 URLs cannot outlive 7 days (SigV4).
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
-
-
-class StorageError(RuntimeError):
-    """Result storage kept failing after retries."""
-
-
-class ResultStorage(Protocol):
-    def put(self, key: str, data: bytes, content_type: str) -> None: ...
-    def url(self, key: str, base_url: str, expires_in: int) -> str: ...
-    def read(self, key: str) -> bytes: ...
-    def delete(self, keys: list[str]) -> None: ...
 
 
 def with_retries(action: Callable[[], T], what: str, attempts: int = 4, first_delay: float = 0.2) -> T:
@@ -74,6 +67,7 @@ class LocalStorage:
         return f"{base_url.rstrip('/')}/files/{key}"
 
     def read(self, key: str) -> bytes:
+        """The file's bytes; FileNotFoundError when there is none."""
         path = self.path_for(key)
         if path is None:
             raise StorageError(f"bad key {key!r}")
@@ -134,7 +128,11 @@ class S3Storage:
         )
 
     def read(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"].read()
+        """The object's bytes; FileNotFoundError when there is no such object (as LocalStorage.read)."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"s3://{self.bucket}/{self._object_key(key)}") from None
 
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):

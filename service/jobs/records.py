@@ -5,12 +5,13 @@ that would move it back, or touch a finished job, is ignored (`apply_changes`).
 The stores that keep records are in service/ports.py.
 """
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from schemas import JobStatus
-from service.failures import Failure
+from service.jobs.failures import Failure
 
 
 class StoredImage(BaseModel):
@@ -40,6 +41,7 @@ class JobRecord(BaseModel):
     batch_size: int | None = None  # jobs in the pipeline call this job ran in
     cold_start_time: float | None = None  # seconds of model loading this job waited for (first jobs only)
     intake_time: float | None = None  # the web tier's own seconds from the request's arrival to storing the job
+    ticket: int | None = None  # its place in the order of submission, where the store numbers jobs (Modal)
     progress_step: int | None = None
     progress_total: int | None = None
     heartbeat_at: float | None = None  # last sign of life from the worker running it
@@ -94,3 +96,18 @@ def apply_changes(record: JobRecord, changes: dict[str, Any]) -> JobRecord | Non
         return None
     return record.model_copy(update=changes)
 
+
+
+@dataclass
+class JobOutcome:
+    """A job's record once it has ended, with a completed job's image bytes when they are at hand."""
+    record: JobRecord
+    files: list[tuple[bytes, str]] = field(default_factory=list)  # (bytes, content type) per image
+
+
+@dataclass(frozen=True)
+class ExpiredJob:
+    """What the housekeeping needs of a finished job past its expiry to forget it."""
+    id: str
+    files: list[str]  # its result objects in the result storage
+    store_keys: tuple[str, ...] = ()  # what its store keeps beside the record (the store's own business)

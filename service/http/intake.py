@@ -8,10 +8,12 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from schemas import MODEL_SLUG, InpaintRequest, describe_validation_error
-from service.errors import ApiError
-from service.inputs import FetchLimits, check_webhook_url, fetch_url, looks_like_url, read_input
-from service.job_service import JobService, run_blocking
-from service.jobs import JobRecord
+from service.http.errors import ApiError
+from service.jobs.errors import NoWorker
+from service.http.inputs import FetchLimits, check_webhook_url, fetch_url, looks_like_url, read_input
+from service.jobs.service import JobService
+from service.jobs.waiting import run_blocking
+from service.jobs.records import JobRecord
 from service.logs import redact_url
 
 
@@ -57,11 +59,11 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
             raise ApiError(400, "parameter 'webhook_url': webhooks are for the v2 API only", field="webhook_url")
         await check_webhook_url(inpaint.webhook_url, settings.allow_private_urls)
     if jobs.dispatcher.state == "error":
-        raise ApiError(503, f"the worker tier is unavailable: {jobs.dispatcher.error}")
+        raise NoWorker(f"the worker tier is unavailable: {jobs.dispatcher.error}")
 
     def early_checks() -> None:
-        jobs.check_rate(owner)
-        jobs.check_room()
+        jobs.admission.check_rate(owner)
+        jobs.admission.check_room()
 
     limits = request.app.state.fetch_limits
     urls = {field: value for field, value in (("image", inpaint.image), ("mask", inpaint.mask))
@@ -79,7 +81,7 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
             early_checks()
         image_bytes, image = read_input(inpaint.image, "image", limits, fetched.get("image"))
         mask_bytes, mask = read_input(inpaint.mask, "mask", limits, fetched.get("mask"))
-        return jobs.admit(owner, inpaint.params(), image_bytes, mask_bytes, base_url, decoded=(image, mask),
+        return jobs.admission.admit(owner, inpaint.params(), image_bytes, mask_bytes, base_url, decoded=(image, mask),
                           received=received, api="v1" if sync else "v2",
                           image_from=redact_url(inpaint.image), mask_from=redact_url(inpaint.mask))
 

@@ -4,8 +4,8 @@ import time
 from typing import Any
 
 from schemas import FailedBody, ImageInfo, ResultBody
-from service.jobs import JobRecord
-from service.storage import ResultStorage
+from service.jobs.ports import ResultStorage
+from service.jobs.records import JobRecord
 
 
 def failed_body(record: JobRecord) -> dict[str, Any]:

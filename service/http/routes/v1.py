@@ -7,12 +7,14 @@ from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse, Response
 
 from schemas import MODEL_SLUG, ErrorBody, FailedBody, JobStatus, V1Base64Response, V1MultiResponse
-from service.errors import ApiError
-from service.failures import v1_status
-from service.intake import accept
-from service.job_service import JobOutcome, JobService, run_blocking
-from service.routes.deps import base_url, caller, jobs_of
-from service.routes.docs import ERRORS_DOC, REQUEST_BODY_DOC, SLUG_PARAM, V1_HEADERS
+from service.http.errors import ApiError
+from service.jobs.failures import v1_status
+from service.http.intake import accept
+from service.jobs.records import JobOutcome
+from service.jobs.service import JobService
+from service.jobs.waiting import run_blocking
+from service.http.routes.deps import base_url, caller, jobs_of
+from service.http.routes.docs import ERRORS_DOC, REQUEST_BODY_DOC, SLUG_PARAM, V1_HEADERS
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 IMAGE_TYPES = {"image/jpeg": {}, "image/png": {}, "image/webp": {}}
@@ -38,7 +40,7 @@ async def run_v1(request: Request, slug: str = SLUG_PARAM, owner: str = Security
     deadline = time.monotonic() + timeout
     base = base_url(request)
     record, credit_headers = await accept(request, slug, owner, jobs, base, sync=True, deadline=deadline)
-    outcome = await jobs.wait_until_done(record.id, max(0.0, deadline - time.monotonic()))
+    outcome = await jobs.waiting.wait_until_done(record.id, max(0.0, deadline - time.monotonic()))
     if outcome is None:
         raise ApiError(
             504,

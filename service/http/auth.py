@@ -1,11 +1,11 @@
 """API keys: x-api-key (what the Segmind SDK sends) or Authorization: Bearer."""
 
-import hashlib
 import hmac
 
 from fastapi import Request
 
-from service.errors import ApiError
+from service.http.errors import ApiError
+from service.jobs.identity import key_owner
 
 # Where keys come from, for the 401 messages; says nothing about the keys themselves.
 KEY_SOURCES = ("this server's keys are set by its API_KEYS setting or, when that is unset, generated into "
@@ -20,11 +20,6 @@ def presented_key(request: Request) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
-
-
-def key_owner(key: str) -> str:
-    """A stable id for a key that does not reveal it (stored on job records, safe to log)."""
-    return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def authenticate(request: Request, api_keys: list[str]) -> str:

@@ -1,16 +1,18 @@
 """The FastAPI app: middleware, error handlers and the routers over one job service."""
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from service.backend import Backend
-from service.docs_ui import install_docs
-from service.errors import install_error_handlers
-from service.inputs import FetchLimits, make_client
-from service.logs import install_access_log
-from service.routes import extras, v1, v2
-from service.storage import LocalStorage
+from service.http.access_log import AccessLog
+from service.http.docs_ui import install_docs
+from service.http.errors import install_error_handlers
+from service.http.inputs import FetchLimits, make_client
+from service.http.routes import extras, v1, v2
+from service.stores.results import LocalStorage
 
 DESCRIPTION = ("Stable Diffusion 1.5 inpainting, compatible with Segmind's sd1.5-inpainting API. "
                "Authenticate with the `x-api-key` header (or `Authorization: Bearer`). "
@@ -29,6 +31,9 @@ def create_app(backend: Backend) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if backend.settings.blocking_threads:  # asyncio.to_thread's pool: one thread per blocking store call
+            asyncio.get_running_loop().set_default_executor(
+                ThreadPoolExecutor(backend.settings.blocking_threads, thread_name_prefix="store"))
         for item in backend.background:
             item.start()
         app.state.http = make_client(app.state.fetch_limits)
@@ -45,7 +50,7 @@ def create_app(backend: Backend) -> FastAPI:
     app.state.jobs = backend.jobs
     app.state.fetch_limits = fetch_limits(backend.settings)
     install_error_handlers(app)
-    install_access_log(app)
+    app.add_middleware(AccessLog)
     app.include_router(extras.router)
     app.include_router(v1.router)
     app.include_router(v2.router)

@@ -8,13 +8,10 @@ import math
 import time
 from datetime import datetime, timedelta, timezone
 
-from service.errors import ApiError
-from service.jobs import JobRecord
-from service.ports import Counters
-
-
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+from service.jobs.errors import OutOfCredits, Throttled
+from service.jobs.identity import key_owner
+from service.jobs.records import JobRecord
+from service.jobs.ports import Counters
 
 
 def _day(ts: float) -> str:
@@ -22,9 +19,12 @@ def _day(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
 
 
-def too_many(message: str, wait: float, now: float) -> ApiError:
-    wait = max(1, math.ceil(wait))
-    return ApiError(429, message, headers={"Retry-After": str(wait), "x-rate-limit-reset-at-utc": _utc(now + wait)})
+def credit_budget(settings, owner: str) -> int | None:
+    """The key's image budget: its KEY_CREDITS entry, else DEFAULT_KEY_CREDITS (None: unlimited)."""
+    for key, budget in settings.key_credits.items():
+        if key_owner(key) == owner:
+            return budget
+    return settings.default_key_credits
 
 
 def check_rate(counters: Counters, owner: str, rate: float, burst: int, now: float | None = None) -> None:
@@ -41,7 +41,7 @@ def check_rate(counters: Counters, owner: str, rate: float, burst: int, now: flo
 
     wait = counters.modify(f"bucket:{owner}", take)
     if wait > 0:
-        raise too_many(f"rate limit exceeded ({rate:g} requests/s, burst {burst}); retry in {math.ceil(wait)}s",
+        raise Throttled(f"rate limit exceeded ({rate:g} requests/s, burst {burst}); retry in {math.ceil(wait)}s",
                        wait, now)
 
 
@@ -59,8 +59,8 @@ def spend_credits(counters: Counters, owner: str, images: int, budget: int | Non
     left = counters.modify(f"credits:{owner}", spend)
     if left is None:
         remaining = remaining_credits(counters, owner, budget)
-        raise ApiError(406, f"credit budget exhausted: this key has {remaining} of {budget} image credits left "
-                            f"and the request needs {images}", headers={"x-remaining-credits": str(remaining)})
+        raise OutOfCredits(f"credit budget exhausted: this key has {remaining} of {budget} image credits left "
+                           f"and the request needs {images}", remaining)
     return left
 
 
@@ -95,7 +95,7 @@ def spend_daily(counters: Counters, images: int, cap: int, now: float | None = N
 
     if not counters.modify(f"daily:{_day(now)}", spend):
         midnight = (day + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-        raise too_many(f"the deployment's daily cap of {cap} images is reached; it resets at 00:00 UTC",
+        raise Throttled(f"the deployment's daily cap of {cap} images is reached; it resets at 00:00 UTC",
                        midnight.timestamp() - now, now)
 
 

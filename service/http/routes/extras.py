@@ -5,12 +5,12 @@ from pathlib import Path
 from fastapi import APIRouter, Query, Request, Security
 from fastapi.responses import FileResponse, HTMLResponse
 
-from service.errors import ApiError
-from service.limits import USAGE_DAYS
-from service.ports import StoreUnavailable
+from service.http.errors import ApiError
+from service.jobs.limits import USAGE_DAYS
+from service.jobs.errors import StoreUnavailable
 from schemas import UsageResponse
-from service.routes.deps import caller, jobs_of
-from service.routes.docs import ERRORS_DOC
+from service.http.routes.deps import caller, jobs_of
+from service.http.routes.docs import ERRORS_DOC
 
 router = APIRouter()
 PLAYGROUND_HTML = Path(__file__).resolve().parent.parent / "playground.html"
@@ -29,10 +29,10 @@ async def health(request: Request):
     dispatcher = jobs.dispatcher
     status = {"ready": "ok"}.get(dispatcher.state, dispatcher.state)
     try:
-        depth = await jobs.read(jobs.records.unfinished)
+        depth = await jobs.waiting.read(jobs.records.unfinished)
     except StoreUnavailable as exc:
-        depth, jobs.fault = None, str(exc)
-    if jobs.fault and status == "ok":
+        depth, jobs.lifecycle.fault = None, str(exc)
+    if jobs.lifecycle.fault and status == "ok":
         status = "degraded"
     return {
         "status": status,
@@ -40,7 +40,7 @@ async def health(request: Request):
         "demo": jobs.settings.demo,
         "device": dispatcher.device,
         "queue_depth": depth,
-        "error": dispatcher.error or jobs.fault,
+        "error": dispatcher.error or jobs.lifecycle.fault,
     }
 
 
@@ -52,7 +52,7 @@ async def usage(request: Request, days: int = Query(7, ge=1, le=USAGE_DAYS,
                                                    description=f"How many days back, 1..{USAGE_DAYS}."),
                 owner: str = Security(caller)):
     jobs = jobs_of(request)
-    return UsageResponse(days=await jobs.read(jobs.usage, owner, days))
+    return UsageResponse(days=await jobs.waiting.read(jobs.waiting.usage, owner, days))
 
 
 files_router = APIRouter()
@@ -62,7 +62,7 @@ files_router = APIRouter()
 async def get_file(request_id: str, token: str, name: str, request: Request):
     jobs = jobs_of(request)
     """Result files on local disk (embedded); the random token in the path is the credential."""
-    record = await jobs.read(jobs.records.get, request_id)
+    record = await jobs.waiting.read(jobs.records.get, request_id)
     key = f"{request_id}/{token}/{name}"
     match = record and next((img for img in record.images if img.key == key), None)
     path = jobs.storage.path_for(key) if match else None

@@ -4,12 +4,13 @@ from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.responses import JSONResponse
 
 from schemas import CancelResponse, FailedBody, JobStatus, ResultBody, StatusBody, SubmitResponse
-from service.bodies import completed_body, failed_body
-from service.intake import accept
-from service.job_service import JobService, run_blocking
-from service.jobs import JobRecord
-from service.routes.deps import base_url, caller, jobs_of, owned_job
-from service.routes.docs import CREDITS_HEADER, ERRORS_DOC, REQUEST_BODY_DOC, REQUEST_ID_HEADER, REQUEST_LINKS, SLUG_PARAM
+from service.jobs.bodies import completed_body, failed_body
+from service.http.intake import accept
+from service.jobs.service import JobService
+from service.jobs.waiting import run_blocking
+from service.jobs.records import JobRecord
+from service.http.routes.deps import base_url, caller, jobs_of, owned_job
+from service.http.routes.docs import CREDITS_HEADER, ERRORS_DOC, REQUEST_BODY_DOC, REQUEST_ID_HEADER, REQUEST_LINKS, SLUG_PARAM
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 MAX_LONG_POLL = 30.0
@@ -21,7 +22,7 @@ def failed_response(record: JobRecord) -> JSONResponse:
 
 
 async def status_body(jobs: JobService, record: JobRecord) -> dict:
-    body = await jobs.read(jobs.status, record) if record.status == JobStatus.QUEUED else jobs.status(record)
+    body = await jobs.waiting.read(jobs.waiting.status, record) if record.status == JobStatus.QUEUED else jobs.waiting.status(record)
     return body.model_dump(exclude_none=True, mode="json") | {"metrics": record.metrics()}
 
 
@@ -48,7 +49,7 @@ async def get_status(request: Request, record: JobRecord = Depends(owned_job),
                                                      "of status or progress")):
     jobs = jobs_of(request)
     if wait > 0 and not record.status.terminal:
-        record = await jobs.wait_for_change(record, wait)
+        record = await jobs.waiting.wait_for_change(record, wait)
     if record.status == JobStatus.FAILED:
         return failed_response(record)
     return await status_body(jobs, record)
@@ -71,4 +72,4 @@ async def get_result(request: Request, record: JobRecord = Depends(owned_job)):
                          "it then reads FAILED 'cancelled' and its credits are given back.",
              responses={200: {"model": CancelResponse}, **ERRORS_DOC})
 async def cancel(request: Request, record: JobRecord = Depends(owned_job)) -> CancelResponse:
-    return await run_blocking(jobs_of(request).cancel, record)
+    return await run_blocking(jobs_of(request).lifecycle.cancel, record)

@@ -1,0 +1,104 @@
+"""Taking a validated request in: the key's rate, the deployment's daily cap, the key's credits and the queue
+cap, then the job stored and handed to a worker. A refused request is never charged."""
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from schemas import InpaintParams
+from service.config import Settings
+from service.jobs.errors import JobError, NoWorker, StoreUnavailable, Throttled
+from service.jobs.failures import Failure
+from service.jobs.lifecycle import JobLifecycle
+from service.jobs.limits import check_rate, credit_budget, refund_credits, refund_daily, spend_credits, spend_daily
+from service.jobs.ports import Counters, Dispatcher, InputBlobs, JobRecords
+from service.jobs.records import JobRecord
+from service.logs import log_event
+
+log = logging.getLogger(__name__)
+
+
+class Admission:
+    def __init__(self, settings: Settings, records: JobRecords, inputs: InputBlobs, counters: Counters,
+                 dispatcher: Dispatcher, lifecycle: JobLifecycle, hand_over_inputs: bool = False):
+        self.settings = settings
+        self.records, self.inputs, self.counters, self.dispatcher = records, inputs, counters, dispatcher
+        self.lifecycle = lifecycle
+        # Where this process's dispatcher runs the jobs (embedded), the images decoded at submit go to the worker.
+        self.hand_over_inputs = hand_over_inputs
+
+    def check_rate(self, owner: str) -> None:
+        check_rate(self.counters, owner, self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
+
+    def check_room(self) -> None:
+        """A cheap early refusal before inputs are fetched; `admit` decides (as atomically as the store can)."""
+        if self.settings.max_queue_depth > 0 and self.records.unfinished() >= self.settings.max_queue_depth:
+            raise self._queue_full()
+
+    def _queue_full(self) -> Throttled:
+        return Throttled(f"the queue is full ({self.settings.max_queue_depth} jobs waiting or running); "
+                         f"retry shortly", 5)
+
+    def admit(self, owner: str, params: InpaintParams, image: bytes, mask: bytes, base_url: str,
+              decoded: tuple[Any, Any] | None = None, received: float | None = None,
+              **log_fields: Any) -> tuple[JobRecord, int | None]:
+        """Charge, store and dispatch a validated request. Returns the record and the credits left (or None).
+        `decoded`: the image and mask as decoded by validation (handed to this process's worker);
+        `received`: when the request arrived (time.monotonic()), for the job's intake time.
+        `log_fields` go into the job's QUEUED log line."""
+        settings = self.settings
+        spend_daily(self.counters, params.samples, settings.daily_image_cap)
+        try:
+            left = spend_credits(self.counters, owner, params.samples, credit_budget(settings, owner))
+        except JobError:
+            refund_daily(self.counters, params.samples, settings.daily_image_cap)
+            raise
+        now = time.time()
+        record = JobRecord(id=str(uuid.uuid4()), owner=owner, params=params.model_dump(mode="json"),
+                           created_at=now, expires_at=now + settings.result_ttl_seconds, base_url=base_url,
+                           webhook_url=params.webhook_url)
+        self._store(record, image, mask, received)
+        # Logged before the dispatch, so it always precedes the worker's PROCESSING line.
+        log_event("job", request_id=record.id, status="QUEUED", owner=owner, samples=params.samples, **log_fields)
+        if decoded is not None and self.hand_over_inputs:
+            self.lifecycle.decoded.put(record.id, *decoded)
+        try:
+            self.dispatcher.submit(record.id)
+        except Exception as exc:
+            log.exception("dispatching job %s failed", record.id)
+            self.lifecycle.fail(record.id, Failure.UNAVAILABLE, f"the job could not be handed to a worker ({exc})")
+            refund_daily(self.counters, params.samples, settings.daily_image_cap)  # fail() gave the credits back
+            raise NoWorker(f"no worker could take the job right now ({type(exc).__name__}); nothing was charged, "
+                           f"retry shortly", retry_after=5) from None
+        return record, left
+
+    def _store(self, record: JobRecord, image: bytes, mask: bytes, received: float | None) -> None:
+        """The inputs, then the record under the queue cap; on any refusal the charges are given back."""
+        try:
+            self.inputs.put(record.id, image, mask)
+            if received is not None:
+                record.intake_time = time.monotonic() - received
+            created = self.records.create(record, self.settings.max_queue_depth)
+        except Exception as exc:  # StoreUnavailable, StorageError, or a networked store's own errors (Modal)
+            self.lifecycle.fault = str(exc)
+            self._forget(record)
+            if isinstance(exc, StoreUnavailable):
+                raise
+            raise StoreUnavailable(f"storing the job failed ({type(exc).__name__}: {exc})") from exc
+        self.lifecycle.fault = None
+        if not created:
+            self._forget(record)
+            raise self._queue_full()
+
+    def _forget(self, record: JobRecord) -> None:
+        """Undo what a refused request left: its inputs and its charges (best effort when the store is failing)."""
+        try:
+            self.inputs.delete([record.id])
+        except Exception:
+            log.warning("could not delete the inputs of refused request %s", record.id)
+        try:
+            refund_credits(self.counters, record)
+            refund_daily(self.counters, record.samples, self.settings.daily_image_cap)
+        except Exception:
+            log.warning("could not give back the charges of refused request %s", record.id)

@@ -1,0 +1,103 @@
+"""The narrow interfaces between the job rules and the parts they run on. The job layer names only these;
+the implementations live in service/stores/ and only the composition root (service/backend.py) picks them.
+
+- `JobRecords`: the records and their once-only transitions;
+- `InputBlobs`: the two input images of a job, written once at submit, deleted once at its end;
+- `Counters`: small named documents changed atomically (rate buckets, credits, the daily cap);
+- `ResultStorage`: where result images go, and the URLs they are fetched from;
+- `Dispatcher`: how a stored job reaches a worker, and how its end is awaited.
+
+Store methods are blocking (a SQLite call, or a network round trip on Modal). The job
+service calls them from worker threads, never from the event loop.
+"""
+
+from typing import Any, Callable, Protocol, TypeVar
+
+from schemas import JobStatus
+from service.jobs.records import ExpiredJob, JobOutcome, JobRecord
+
+T = TypeVar("T")
+
+
+class JobRecords(Protocol):
+    def create(self, record: JobRecord, max_unfinished: int = 0) -> bool:
+        """Store a new QUEUED record; False (and nothing stored) while `max_unfinished` > 0 jobs are unfinished."""
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The record, None when unknown or past its expiry."""
+
+    def update(self, job_id: str, **changes: Any) -> JobRecord | None:
+        """Apply non-final changes (status forward only); None when not allowed or the job is finished."""
+
+    def finish(self, job_id: str, **changes: Any) -> JobRecord | None:
+        """Make the job COMPLETED or FAILED. Exactly one caller ever gets the record back; the rest get None."""
+
+    def claim(self, name: str) -> bool:
+        """True for the first caller with this name, False for every later one (a once-only step)."""
+
+    def request_cancel(self, job_id: str) -> None: ...
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Should a running job stop: cancelled, or already ended by another party."""
+
+    def unfinished(self) -> int:
+        """How many jobs are QUEUED or PROCESSING (cheap: no scan on a request path)."""
+
+    def queue_position(self, record: JobRecord) -> int:
+        """How many QUEUED jobs were submitted before this QUEUED one (0 = next to run)."""
+
+    def unfinished_ids(self, status: JobStatus) -> list[str]:
+        """Ids with this unfinished status, oldest first (housekeeping, not request paths)."""
+
+    def expired(self, now: float) -> list[ExpiredJob]:
+        """Finished jobs past their expiry, soonest expired first (housekeeping)."""
+
+    def delete(self, jobs: list[ExpiredJob]) -> None:
+        """Forget these expired jobs and everything the store kept beside their records (housekeeping)."""
+
+
+class InputBlobs(Protocol):
+    def put(self, job_id: str, image: bytes, mask: bytes) -> None: ...
+
+    def get(self, job_id: str) -> tuple[bytes, bytes] | None:
+        """The job's image and mask bytes; None when they are gone."""
+
+    def delete(self, job_ids: list[str]) -> None:
+        """Delete these jobs' inputs (those already gone are skipped)."""
+
+
+class Counters(Protocol):
+    def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, T]]) -> T:
+        """Read-modify-write of the document `name`: change(old) -> (new or None to keep, result)."""
+
+
+class ResultStorage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store an object; StorageError after retries."""
+
+    def url(self, key: str, base_url: str, expires_in: int) -> str: ...
+
+    def read(self, key: str) -> bytes: ...
+
+    def delete(self, keys: list[str]) -> None: ...
+
+
+class Dispatcher(Protocol):
+    state: str  # "loading" | "ready" | "error"
+    error: str | None
+    device: str | None
+
+    def submit(self, job_id: str) -> None: ...
+
+    def redispatch(self, job_id: str) -> None: ...
+
+    def cancel(self, job_id: str) -> None: ...
+
+    def last_dispatch(self, job_id: str) -> float | None: ...
+
+    def call_state(self, job_id: str) -> str | None:
+        """None while the call is pending or running, or when that cannot be told right now; else why it is gone
+        (housekeeping)."""
+
+    async def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
+        """The outcome when the job ends within `timeout`, else None. Raises WorkerFailed when its worker is gone."""

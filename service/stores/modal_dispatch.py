@@ -1,0 +1,135 @@
+"""How a job reaches a Modal GPU container: `Inpainter().run.spawn(job_id)`, the FunctionCall's id kept in the
+records Dict under `call:<id>`, and v1's wait on that call.
+
+What a FunctionCall raises decides what happens to the job, so the two kinds are kept apart:
+- the call's own outcome (the remote exception, FunctionTimeoutError, OutputExpiredError, InternalFailure,
+  RemoteError, ...): the worker is gone and the job ends FAILED (or is retried by the housekeeping);
+- this client failing to reach Modal (ConnectionError, ClientClosed, a gRPC status, a broken stream): the job
+  may well be running, so it is left alone; v1 retries the wait, and the housekeeping asks again next time
+  (its silence bound still ends a job whose worker has really gone).
+"""
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+from service.jobs.errors import WorkerFailed
+from service.jobs.records import JobOutcome, JobRecord
+from service.jobs.waiting import run_blocking
+from service.stores.modal_dicts import CALL, DictRecords
+
+log = logging.getLogger(__name__)
+
+TRANSPORT_RETRY_SECONDS = 1.0  # v1's wait on a call, after this client failed to reach Modal
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """True when the exception says this client could not talk to Modal, not how the call ended."""
+    import grpclib
+    import grpclib.exceptions
+    import modal.exception
+
+    transport = (modal.exception.ConnectionError, modal.exception.ClientClosed, grpclib.GRPCError,
+                 grpclib.exceptions.StreamTerminatedError)
+    return isinstance(exc, transport)
+
+
+def outcome_to_wire(outcome: JobOutcome | None) -> dict | None:
+    """What the GPU method returns to a blocking (v1) caller: plain, picklable data."""
+    if outcome is None:
+        return None
+    return {"record": outcome.record.model_dump(mode="json"), "files": outcome.files}
+
+
+def outcome_from_wire(value: dict | None) -> JobOutcome | None:
+    if value is None:
+        return None
+    return JobOutcome(JobRecord.model_validate(value["record"]), [tuple(f) for f in value["files"]])
+
+
+def describe_call_error(exc: BaseException) -> str:
+    name = type(exc).__name__
+    return f"the GPU worker failed ({name}: {exc})" if str(exc) else f"the GPU worker failed ({name})"
+
+
+class ModalDispatcher:
+    state = "ready"  # GPU containers start on demand; there is nothing to load in the web tier
+    error = None
+
+    def __init__(self, records: DictRecords, spawn: Callable[[str], Any], call_from_id: Callable[[str], Any],
+                 gpu: str, batched: bool = False):
+        self.records = records
+        self.spawn = spawn
+        self.call_from_id = call_from_id
+        self.device = f"modal:{gpu}"
+        # With modal.batched, cancelling one input's FunctionCall cancels the whole batch it runs in (Modal
+        # cancels the container's input context, which holds every input of the batch), so calls are never
+        # cancelled: a cancelled job's input still reaches a container, finds the job ended and returns at once.
+        self.batched = batched
+
+    def submit(self, job_id: str) -> None:
+        call = self.spawn(job_id)
+        self.records.dict.put(CALL + job_id, {"id": call.object_id, "at": time.time()})
+
+    def _call(self, job_id: str):
+        entry = self.records.dict.get(CALL + job_id)
+        return self.call_from_id(entry["id"]) if entry else None
+
+    def redispatch(self, job_id: str) -> None:
+        self.cancel(job_id)
+        self.submit(job_id)
+
+    def cancel(self, job_id: str) -> None:
+        if self.batched:
+            return
+        try:
+            call = self._call(job_id)
+            if call is not None:
+                call.cancel()
+        except Exception:
+            log.warning("could not cancel the FunctionCall of job %s", job_id, exc_info=True)
+
+    def last_dispatch(self, job_id: str) -> float | None:
+        entry = self.records.dict.get(CALL + job_id)
+        return entry["at"] if entry else None
+
+    def call_state(self, job_id: str) -> str | None:
+        call = self._call(job_id)
+        if call is None:
+            return "the job was never handed to a worker"
+        try:
+            call.get(timeout=0)
+        except TimeoutError:  # the builtin one: the call is still pending or running
+            return None
+        except BaseException as exc:  # noqa: BLE001 - OutputExpiredError, FunctionTimeoutError, remote errors
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if is_transport_error(exc):
+                log.warning("job %s: cannot tell how its call stands (%s: %s); asking again next sweep",
+                            job_id, type(exc).__name__, exc)
+                return None
+            return describe_call_error(exc)
+        return "the worker returned without finishing the job"
+
+    async def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
+        """The outcome once the call returns within `timeout`; None while it runs or when Modal cannot be
+        reached for that long. WorkerFailed when the call itself failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                call = await run_blocking(self._call, job_id)
+                if call is None:
+                    return None
+                return outcome_from_wire(await call.get.aio(timeout=max(0.0, deadline - time.monotonic())))
+            except TimeoutError:  # the builtin one: still running. Modal's TimeoutError subclasses mean it is gone.
+                return None
+            except BaseException as exc:  # noqa: BLE001 - remote errors, InputCancellation (a BaseException)
+                if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
+                    raise
+                if not is_transport_error(exc):
+                    raise WorkerFailed(describe_call_error(exc)) from exc
+                log.warning("job %s: waiting on its call failed (%s: %s); retrying", job_id, type(exc).__name__, exc)
+                if deadline - time.monotonic() < TRANSPORT_RETRY_SECONDS:
+                    return None
+                await asyncio.sleep(TRANSPORT_RETRY_SECONDS)
