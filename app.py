@@ -252,7 +252,7 @@ class Inpainter:
                                                     "weights": current_weights_dir().name,
                                                     "startup_timeout": cfg.startup_timeout}, cfg.startup_timeout)
         compile_unet = settings.torch_compile
-        if compile_unet and (why := record.killed_before()):
+        if compile_unet and (why := record.skip_reason()):
             print(f"torch.compile is off in this container: {why}. Raise INPAINT_STARTUP_TIMEOUT or deploy "
                   f"without TORCH_COMPILE.")
             compile_unet = False
@@ -260,10 +260,14 @@ class Inpainter:
         self.model.to("cuda")
         if compile_unet:
             blank = Image.new("RGB", (512, 512))
-            seconds = warm_up(lambda: self.model.run(InpaintParams(prompt="warm-up"), blank,
-                                                     Image.new("L", (512, 512), 255)),
-                              record, compile_cache.commit)
-            print(f"torch.compile warm-up took {seconds:.1f}s")
+            try:
+                seconds = warm_up(lambda: self.model.run(InpaintParams(prompt="warm-up"), blank,
+                                                         Image.new("L", (512, 512), 255)),
+                                  record, compile_cache.commit)
+                print(f"torch.compile warm-up took {seconds:.1f}s")
+            except Exception as exc:  # a compile error must not stop the container: it serves uncompiled
+                print(f"torch.compile warm-up failed ({type(exc).__name__}: {exc}); serving without it")
+                self.model.uncompile()
 
     def _run(self, job_ids: list[str]) -> list[dict | None]:
         from service.jobs.worker import run_jobs

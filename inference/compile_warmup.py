@@ -3,9 +3,9 @@
 A compile cannot be interrupted, and on Modal a start that runs past the function's startup timeout is
 killed and tried again: a compile longer than that would be a billed crash loop. So each attempt is written
 down on the compile-cache Volume before it starts. A container that finds an attempt for the same
-deployment that started longer ago than the startup timeout and never finished knows that attempt was
-killed, and serves without compiling (saying so in its log) instead of trying again. Meanwhile the cache
-is committed as it grows, so what the killed attempt compiled is kept for the next.
+deployment that failed, or that started longer ago than the startup timeout and never finished (Modal
+killed it), serves without compiling (saying so in its log) instead of trying again. Meanwhile the cache
+is committed as it grows, so what a killed attempt compiled is kept.
 """
 
 import hashlib
@@ -29,19 +29,22 @@ class WarmupRecord:
         self.path = Path(cache_dir) / f"warmup-{tag}.json"
         self.startup_timeout = startup_timeout
 
-    def killed_before(self, now: float | None = None) -> str | None:
-        """Why not to compile: an earlier attempt that must have been killed; None when compiling is fine."""
+    def skip_reason(self, now: float | None = None) -> str | None:
+        """Why not to compile: an earlier attempt that failed or must have been killed; None when compiling is
+        fine (no attempt yet, one that finished, or one still within the start-up limit)."""
         try:
             state = json.loads(self.path.read_text())
         except (FileNotFoundError, ValueError):
             return None
+        if state.get("failed") is not None:
+            return f"an earlier container's torch.compile warm-up for this deployment failed ({state.get('error')})"
         age = (time.time() if now is None else now) - state.get("started", 0)
         if state.get("finished") is None and age > self.startup_timeout:
             return (f"an earlier container's torch.compile warm-up for this deployment started {age:.0f}s ago and "
                     f"never finished (killed at the {self.startup_timeout:g}s start-up limit)")
         return None
 
-    def write(self, **state: float) -> None:
+    def write(self, **state: float | str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(state))
 
@@ -66,6 +69,9 @@ def warm_up(run_once: Callable[[], None], record: WarmupRecord, commit: Callable
     committer.start()
     try:
         run_once()
+    except Exception as exc:
+        record.write(started=started, failed=time.time(), error=f"{type(exc).__name__}: {exc}"[:500])
+        raise
     finally:
         done.set()
         committer.join()

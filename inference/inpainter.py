@@ -79,6 +79,11 @@ class Inpainter:
         self.device = str(self.pipe.device)
         return self
 
+    def uncompile(self) -> None:
+        """Back to the eager UNet after torch.compile failed (the fused projections and memory format stay)."""
+        self.pipe.unet = getattr(self.pipe.unet, "_orig_mod", self.pipe.unet)
+        self.compile_unet = False
+
     def run(
         self,
         request: InpaintParams,

@@ -55,7 +55,7 @@ def recorded_app(monkeypatch):
     monkeypatch.setattr(modal.App, "cls", recorder(original_cls))
     for name, value in {"INPAINT_GPU": "A10G", "INPAINT_MAX_CONTAINERS": "7", "INPAINT_MIN_CONTAINERS": "0",
                         "INPAINT_BUFFER_CONTAINERS": "1", "INPAINT_SCALEDOWN_WINDOW": "45",
-                        "INPAINT_TIMEOUT": "300"}.items():
+                        "INPAINT_TIMEOUT": "300", "INPAINT_STARTUP_TIMEOUT": "900"}.items():
         monkeypatch.setenv(name, value)
     sys.modules.pop("app", None)
     module = importlib.import_module("app")
@@ -63,15 +63,31 @@ def recorded_app(monkeypatch):
     sys.modules.pop("app", None)
 
 
+def app_functions(app) -> dict:
+    """The app's registered functions by name (modal 1.6 has no public way; App.registered_functions is
+    deprecated and goes in 1.7)."""
+    from modal._utils.async_utils import synchronizer
+
+    return dict(synchronizer._translate_in(app)._local_state.functions)
+
+
 def test_app_layout_and_knobs(recorded_app):
+    from modal._utils.async_utils import synchronizer
+
     module, recorded = recorded_app
     assert set(recorded) == {"Inpainter", "web", "sweep", "download_weights", "deliver_webhook"}
     assert recorded["deliver_webhook"]["secrets"] == [module.s3_secret, module.webhook_secret]
+    assert recorded["deliver_webhook"]["image"] is recorded["sweep"]["image"] is module.jobs_image
+    assert recorded["download_weights"]["image"] is module.download_image
     assert recorded["sweep"]["secrets"] == [module.api_keys_secret, module.s3_secret]  # it keeps credits alive
     gpu = recorded["Inpainter"]
     assert gpu["gpu"] == "A10G"
     assert (gpu["min_containers"], gpu["max_containers"], gpu["buffer_containers"]) == (0, 7, 1)
     assert gpu["scaledown_window"] == 45 and gpu["timeout"] == 300
+    assert gpu["startup_timeout"] == 900  # set, never the implicit `timeout`: it covers a compile warm-up
+    weights_mount = synchronizer._translate_in(gpu["volumes"]["/weights"])
+    assert weights_mount._mount_options.read_only and not weights_mount._read_only  # not the deprecated read_only()
+    assert recorded["sweep"]["timeout"] == module.SWEEP_TIMEOUT == 300  # a sweep never runs into the next
     assert gpu["enable_memory_snapshot"] is True and gpu["experimental_options"] is None
     assert gpu["image"] is module.gpu_image
     assert list(gpu["volumes"]) == ["/weights", "/compile-cache"]
@@ -172,7 +188,7 @@ def test_every_image_carries_the_local_packages_its_container_imports(recorded_a
     bodies = {n.name: imports_in(n) for n in tree.body if isinstance(n, ast.FunctionDef)}
     bodies["Inpainter.*"] = imports_in(next(n for n in tree.body if isinstance(n, ast.ClassDef)))
     checked = 0
-    for name, function in module.app.registered_functions.items():
+    for name, function in app_functions(module.app).items():
         image = synchronizer._translate_in(function)._spec.image
         shipped = set(image._added_python_source_set)
         needed = (always | bodies[name]) & local
@@ -333,3 +349,115 @@ def test_download_weights_never_overwrites_what_a_snapshot_used(recorded_app, mo
     second = module.current_weights_dir()
     assert second != first and (first / "model_index.json").is_file()  # the old copy is untouched
     assert (tmp_path / "CURRENT").read_text().strip() == second.name and len(commits) == 2
+
+
+# ---- deploy-time checks -------------------------------------------------------------------------------------
+
+def test_gpu_types_are_checked_at_deploy_time():
+    from pydantic import ValidationError
+
+    from service.config import DeployConfig
+
+    assert DeployConfig(gpu="h100:2").gpu == "h100:2" and DeployConfig(gpu="RTX-PRO-6000").gpu == "RTX-PRO-6000"
+    for bad, says in (("H1OO", "not a Modal GPU type"), ("L4:x", "count"), ("L4:9", "count")):
+        with pytest.raises(ValidationError, match=says):
+            DeployConfig(gpu=bad)
+
+
+def import_app(monkeypatch, **env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    sys.modules.pop("app", None)
+    try:
+        return importlib.import_module("app")
+    finally:
+        sys.modules.pop("app", None)
+
+
+def test_a_gpu_without_a_price_deploys_without_cost_figures(monkeypatch, capsys):
+    """Modal accepts RTX-PRO-6000, which has no list price here: the containers run with metrics.cost_usd null
+    (and the deploy says so) rather than refusing to start."""
+    module = import_app(monkeypatch, INPAINT_GPU="RTX-PRO-6000")
+    assert "GPU_TYPE" not in module.runtime_env
+    assert "no price is known for GPU type 'RTX-PRO-6000'" in capsys.readouterr().out
+    priced = import_app(monkeypatch, INPAINT_GPU="RTX-PRO-6000", GPU_PRICE_PER_SECOND="RTX-PRO-6000=0.0005")
+    assert priced.runtime_env["GPU_TYPE"] == "RTX-PRO-6000"
+
+
+def test_a_runtime_setting_the_containers_would_refuse_is_refused_at_deploy(monkeypatch):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="rate_limit_per_second"):
+        import_app(monkeypatch, RATE_LIMIT_PER_SECOND="-1")
+
+
+# ---- the GPU class's start ----------------------------------------------------------------------------------
+
+class FakeModel:
+    """Stands in for inference.Inpainter where no GPU is: records where it is moved and what it runs."""
+
+    def __init__(self, fail_warm_up=False):
+        self.moves, self.runs, self.compile_unet, self.uncompiled = [], 0, False, False
+        self.fail_warm_up = fail_warm_up
+        self.device = "cpu"
+
+    def to(self, device):
+        self.moves.append((device, self.compile_unet))
+        self.device = device
+        return self
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        if self.fail_warm_up:
+            raise RuntimeError("inductor crashed")
+
+    def uncompile(self):
+        self.uncompiled, self.compile_unet = True, False
+
+
+def gpu_class(monkeypatch, tmp_path, model, **env):
+    """Inpainter's container methods as Modal would run them on a GPU machine, with the model and CUDA faked."""
+    import torch
+
+    env = {"MODEL_DIR": str(tmp_path), "STATE_DIR": str(tmp_path), "S3_BUCKET": "bucket", **env}
+    module = import_app(monkeypatch, **env)
+    monkeypatch.setattr(module.modal, "is_local", lambda: False)
+    monkeypatch.setattr(module, "COMPILE_CACHE", str(tmp_path / "compile-cache"))
+    monkeypatch.setattr(module, "compile_cache", type("Volume", (), {"commit": lambda self: None})())
+    monkeypatch.setattr(module, "dicts", standin_dicts())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cls = module.Inpainter._get_user_cls()
+    monkeypatch.setattr(cls, "_load_model", lambda self, settings, device: model.to(device))
+    return module, cls()
+
+
+def test_with_gpu_snapshots_the_model_is_on_the_gpu_inside_the_snapshot(monkeypatch, tmp_path):
+    model = FakeModel()
+    _, container = gpu_class(monkeypatch, tmp_path, model, INPAINT_GPU_SNAPSHOT="1")
+    container.load()  # the snapshot phase: with INPAINT_GPU_SNAPSHOT the GPU is attached here
+    assert model.moves[-1][0] == "cuda"
+    moves = len(model.moves)
+    container.connect()  # after each restore: nothing left to move
+    assert len(model.moves) == moves
+
+
+def test_without_gpu_snapshots_the_model_moves_after_the_restore(monkeypatch, tmp_path):
+    model = FakeModel()
+    _, container = gpu_class(monkeypatch, tmp_path, model)
+    container.load()
+    assert model.moves == [("cpu", False)]
+    container.connect()
+    assert model.moves[-1] == ("cuda", False) and model.runs == 0  # no warm-up without TORCH_COMPILE
+
+
+def test_a_failed_compile_warm_up_serves_uncompiled_and_later_containers_do_not_compile(monkeypatch, tmp_path):
+    broken = FakeModel(fail_warm_up=True)
+    _, first = gpu_class(monkeypatch, tmp_path, broken, TORCH_COMPILE="1")
+    first.load()
+    first.connect()  # the warm-up fails: the container still starts, uncompiled
+    assert broken.moves[-1] == ("cuda", True) and broken.uncompiled
+    later = FakeModel()
+    _, second = gpu_class(monkeypatch, tmp_path, later, TORCH_COMPILE="1")
+    second.load()
+    second.connect()
+    assert later.moves[-1] == ("cuda", False) and later.runs == 0

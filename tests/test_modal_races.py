@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
+from concurrent.futures import wait
 
 import httpx
 import modal.exception
@@ -75,10 +76,15 @@ class Deployment:
         return remaining_credits(self.web.counters, key_owner(KEY_A), BUDGET)
 
     def wait_end(self, job_id):
+        """The job's final record, once the GPU calls that ended it have returned (what follows a job's end,
+        such as its webhook, runs in the call after the record is final)."""
         deadline = time.monotonic() + 120
         while (record := self.web.records.get(job_id)) is not None and not record.status.terminal:
             assert time.monotonic() < deadline, f"{job_id} never ended"
             time.sleep(0.02)
+        for job, call in zip(self.spawner.spawned, self.spawner.calls.values()):
+            if job == job_id:
+                wait([call.future], timeout=max(0.0, deadline - time.monotonic()))
         return record
 
     def close(self):
@@ -408,3 +414,74 @@ def test_a_store_error_at_submit_gives_the_charges_back(deployment):
     with pytest.raises(StoreUnavailable):
         d.submit()
     assert d.credits_left() == BUDGET and d.web.records.unfinished() == 0
+
+
+# ---- this client failing to reach Modal is not the call failing -----------------------------------------------
+
+TRANSPORT_ERRORS = [modal.exception.ConnectionError("connection reset"), modal.exception.ClientClosed(),
+                    modal.exception.ServiceError("unavailable"),
+                    __import__("grpclib.exceptions").exceptions.StreamTerminatedError("stream reset")]
+
+
+class FlakyGet:
+    """FunctionCall.get whose first `failures` calls fail the way a lost connection to Modal does."""
+
+    def __init__(self, get, error, failures):
+        self.get, self.error, self.failures = get, error, failures
+
+    def __call__(self, timeout=None):
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        return self.get(timeout)
+
+    async def aio(self, timeout=None):
+        return await asyncio.to_thread(self, timeout)
+
+
+def flaky_call(d, job_id, error, failures):
+    call = d.spawner.calls[d.dicts["records"].get(f"call:{job_id}")["id"]]
+    call.get = FlakyGet(call.get, error, failures)
+    return call
+
+
+@pytest.mark.parametrize("error", TRANSPORT_ERRORS, ids=lambda e: type(e).__name__)
+def test_v1_wait_rides_out_a_transport_error(deployment, error):
+    d = deployment()
+    job_id = d.submit()
+    flaky_call(d, job_id, error, failures=1)
+    outcome = asyncio.run(d.web.waiting.wait_until_done(job_id, 60))
+    assert outcome.record.status == JobStatus.COMPLETED and outcome.files  # the image, from the call itself
+    assert d.webhooks == [job_id] and d.credits_left() == BUDGET - 1
+
+
+@pytest.mark.parametrize("error", TRANSPORT_ERRORS, ids=lambda e: type(e).__name__)
+def test_modal_unreachable_for_the_whole_wait_fails_nothing(deployment, error):
+    d = deployment()
+    d.gate.clear()  # the job is running (or queued) on Modal's side all along
+    job_id = d.submit()
+    flaky_call(d, job_id, error, failures=10_000)
+    assert asyncio.run(d.web.waiting.wait_until_done(job_id, 2.5)) is None  # v1 answers 504: still running
+    assert reap_stale(d._backend(spawn=d._spawn).jobs, lease=120, now=time.time() + 600) == 0
+    assert d.web.records.get(job_id).status == JobStatus.QUEUED and d.credits_left() == BUDGET - 1
+    d.gate.set()
+    assert d.wait_end(job_id).status == JobStatus.COMPLETED and d.webhooks == [job_id]
+
+
+def test_a_running_job_silent_past_any_timeout_is_taken_even_when_modal_cannot_say(deployment):
+    """The sweep cannot learn how the call stands (transport errors), but the job has been silent for longer
+    than a job may run: its worker is gone, whatever the call would say."""
+    d = deployment()
+    d.gate.clear()
+    job_id = d.submit()
+    silent_since = time.time() - d.settings.job_timeout_seconds - d.settings.lease_seconds - 60
+    d.web.records.update(job_id, status=JobStatus.PROCESSING, attempts=2, created_at=silent_since,
+                         started_at=silent_since, heartbeat_at=silent_since)
+    d.dicts["records"].put(f"call:{job_id}", {"id": d.dicts["records"].get(f"call:{job_id}")["id"],
+                                              "at": silent_since})
+    flaky_call(d, job_id, modal.exception.ConnectionError("reset"), failures=10_000)
+    assert reap_stale(d._backend(spawn=d._spawn).jobs, lease=120) == 1
+    record = d.web.records.get(job_id)
+    assert record.status == JobStatus.FAILED and record.failure == Failure.WORKER_LOST
+    assert d.credits_left() == BUDGET
+    d.gate.set()

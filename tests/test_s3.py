@@ -64,3 +64,29 @@ def test_expiry_deletes_s3_objects(tmp_path, tiny_model_dir, inpainter, s3, s3_e
             time.sleep(2.6)
             assert client.get(f"/v2/requests/{request_id}").status_code == 404
             assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+
+
+def test_on_modal_inputs_wait_in_the_bucket_not_in_a_dict(tmp_path, tiny_model_dir, inpainter, s3, s3_endpoint):
+    """A modal.Dict holds at most a few GiB; two inputs of up to INPUT_MAX_BYTES per unfinished job do not belong
+    there. They go to the result bucket at submit and are deleted when the job ends."""
+    from schemas import InpaintParams
+    from service.backend import build_modal
+    from service.jobs.identity import key_owner
+    from service.jobs.worker import run_job
+    from tests.images import box_mask, gradient_image, png_bytes
+    from tests.standins import standin_dicts
+
+    settings = make_settings(tmp_path, tiny_model_dir, s3_bucket=BUCKET, s3_endpoint_url=s3_endpoint)
+    dicts = standin_dicts()
+    spawn = lambda job_id: type("Call", (), {"object_id": f"fc-{job_id}"})()  # noqa: E731 - nothing runs it
+    web = build_modal(settings, dicts, spawn=spawn, gpu="L4").jobs
+    image, mask = png_bytes(gradient_image()), png_bytes(box_mask())
+    record, _ = web.admission.admit(key_owner(KEY_A), InpaintParams(prompt="a chair", seed=1), image, mask, "http://x")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"])
+    assert keys == [f"inpaint/inputs/{record.id}/image", f"inpaint/inputs/{record.id}/mask"]
+    assert not any(image in raw or mask in raw for d in dicts.values() for raw in d._data.values())
+
+    gpu = build_modal(settings, dicts).jobs  # a GPU container reads them back from the bucket
+    assert run_job(record.id, gpu, inpainter).record.status.value == "COMPLETED"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert len(keys) == 1 and keys[0].startswith(f"inpaint/{record.id}/")  # the result; the inputs are gone

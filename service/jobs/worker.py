@@ -121,11 +121,12 @@ def _start(job_id: str, jobs: JobService, outcomes: dict[str, JobOutcome | None]
         raise
     except Exception as exc:  # unreadable stored inputs or request: this job fails, the others run
         log.exception("job %s: its stored inputs cannot be read", job_id)
-        outcomes[job_id] = JobOutcome(jobs.lifecycle.fail(job_id, Failure.INTERNAL, f"the job's stored inputs cannot "
-                                                f"be read ({type(exc).__name__})") or record)
+        message = f"the job's stored inputs cannot be read ({type(exc).__name__})"
+        outcomes[job_id] = JobOutcome(jobs.lifecycle.fail(job_id, Failure.INTERNAL, message) or record)
         return None
     if images is None:
-        outcomes[job_id] = JobOutcome(jobs.lifecycle.fail(job_id, Failure.INTERNAL, "job inputs are missing") or record)
+        outcomes[job_id] = JobOutcome(jobs.lifecycle.fail(job_id, Failure.INTERNAL, "job inputs are missing")
+                                      or record)
         return None
     return _Job(job_id, record, params, images[0], images[1], jobs.lifecycle.cancel_check(job_id))
 
@@ -253,9 +254,10 @@ def _store_results(job: _Job, jobs: JobService, output, call_share: float, batch
         jobs.storage.put(key, data, content_type)
         stored.append(StoredImage(key=key, content_type=content_type, file_size=len(data), seed=seed))
         files.append((data, content_type))
-    done = jobs.lifecycle.complete(job.id, files=files, inference_time=output.inference_time, images=stored, seeds=output.seeds,
-                         progress_step=output.steps_run, progress_total=output.steps_run,
-                         **jobs.lifecycle.usage_fields(call_share + time.monotonic() - started, batch_size, cold_start))
+    usage = jobs.lifecycle.usage_fields(call_share + time.monotonic() - started, batch_size, cold_start)
+    done = jobs.lifecycle.complete(job.id, files=files, inference_time=output.inference_time, images=stored,
+                                   seeds=output.seeds, progress_step=output.steps_run,
+                                   progress_total=output.steps_run, **usage)
     if done is None:  # it ended meanwhile (cancelled, reaped): the stored files are orphans
         jobs.storage.delete([s.key for s in stored])
         current = jobs.records.get(job.id)

@@ -49,53 +49,70 @@ def unavailable_on_error(where: Path, doing: str = "written"):
         raise StoreUnavailable(f"the job database at {where} cannot be {doing} ({exc})") from exc
 
 
+class Database:
+    """One SQLite file: a writer connection used under a lock, one short transaction at a time, and a read-only
+    connection per thread."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # owner-only; SQLite gives its WAL the same
+        self.writer = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.lock = threading.Lock()
+        self._readers = threading.local()
+        with self.lock:
+            self.writer.execute("PRAGMA journal_mode=WAL")
+            self.writer.execute("PRAGMA synchronous=NORMAL")
+            self.writer.executescript(SCHEMA)
+
+    @contextmanager
+    def writing(self):
+        """The writer connection, held alone; errors become StoreUnavailable."""
+        with self.lock, unavailable_on_error(self.path):
+            yield self.writer
+
+    def transaction(self, work: Callable[[], T]) -> T:
+        with self.writing() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work()
+                db.execute("COMMIT")
+                return result
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def select(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Through this thread's read-only connection (mode=ro: a deleted database is an error, never a new
+        empty file)."""
+        with unavailable_on_error(self.path, "read"):
+            reader = getattr(self._readers, "db", None)
+            if reader is None:
+                reader = self._readers.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                                            isolation_level=None)
+            return reader.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self.lock:
+            self.writer.close()
+
+
 class SQLiteState:
     """JobRecords and Counters over one SQLite database."""
 
     def __init__(self, path: Path):
         self.changes = Changes()  # long-poll handlers wait on this
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # owner-only; SQLite gives its WAL the same
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        self._readers = threading.local()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-
-    def _transaction(self, work: Callable[[], T]) -> T:
-        with self._lock, unavailable_on_error(self.path):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work()
-                self._db.execute("COMMIT")
-                return result
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-
-    def _reader(self) -> sqlite3.Connection:
-        """This thread's read-only connection (mode=ro: a deleted database is an error, never a new empty file)."""
-        db = getattr(self._readers, "db", None)
-        if db is None:
-            with unavailable_on_error(self.path, "read"):
-                db = self._readers.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
-        return db
-
-    def _select(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with unavailable_on_error(self.path, "read"):
-            return self._reader().execute(sql, args).fetchall()
+        self.db = Database(path)
 
     def _read(self, job_id: str) -> JobRecord | None:
         """The record through the writer's connection (callers hold the lock)."""
-        row = self._db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self.db.writer.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return JobRecord.model_validate_json(row[0]) if row else None
 
     def _write(self, record: JobRecord) -> None:
-        self._db.execute("UPDATE jobs SET status = ?, expires_at = ?, doc = ? WHERE id = ?",
+        self.db.writer.execute("UPDATE jobs SET status = ?, expires_at = ?, doc = ? WHERE id = ?",
                          (record.status.value, record.expires_at, record.model_dump_json(), record.id))
 
     # ---- JobRecords ------------------------------------------------------------------------
@@ -104,21 +121,21 @@ class SQLiteState:
         def insert() -> bool:
             if max_unfinished > 0 and self._count_unfinished() >= max_unfinished:
                 return False
-            self._db.execute(
+            self.db.writer.execute(
                 "INSERT INTO jobs (id, status, created_at, expires_at, doc) VALUES (?, ?, ?, ?, ?)",
                 (record.id, record.status.value, record.created_at, record.expires_at, record.model_dump_json()),
             )
             return True
 
-        return self._transaction(insert)
+        return self.db.transaction(insert)
 
     def get(self, job_id: str) -> JobRecord | None:
-        rows = self._select("SELECT doc FROM jobs WHERE id = ?", (job_id,))
+        rows = self.db.select("SELECT doc FROM jobs WHERE id = ?", (job_id,))
         record = JobRecord.model_validate_json(rows[0][0]) if rows else None
         return None if record is None or record.expired(time.time()) else record
 
     def _change(self, job_id: str, changes: dict[str, Any], final: bool) -> JobRecord | None:
-        with self._lock, unavailable_on_error(self.path):
+        with self.db.writing():
             current = self._read(job_id)
             updated = apply_changes(current, changes) if current is not None else None
             if updated is None or updated.status.terminal != final:
@@ -137,37 +154,37 @@ class SQLiteState:
         return self._change(job_id, changes, final=True)
 
     def claim(self, name: str) -> bool:
-        with self._lock, unavailable_on_error(self.path):
-            cursor = self._db.execute("INSERT OR IGNORE INTO claims (name, at) VALUES (?, ?)", (name, time.time()))
+        with self.db.writing() as db:
+            cursor = db.execute("INSERT OR IGNORE INTO claims (name, at) VALUES (?, ?)", (name, time.time()))
         return cursor.rowcount == 1
 
     def request_cancel(self, job_id: str) -> None:
-        with self._lock, unavailable_on_error(self.path):
-            self._db.execute("UPDATE jobs SET cancel = 1 WHERE id = ?", (job_id,))
+        with self.db.writing() as db:
+            db.execute("UPDATE jobs SET cancel = 1 WHERE id = ?", (job_id,))
         self.changes.notify(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
         """True when the job should stop: cancelled, gone, or already ended by someone else (e.g. expired)."""
-        rows = self._select("SELECT cancel, status FROM jobs WHERE id = ?", (job_id,))
+        rows = self.db.select("SELECT cancel, status FROM jobs WHERE id = ?", (job_id,))
         return not rows or bool(rows[0][0]) or rows[0][1] in ("COMPLETED", "FAILED")
 
     def _count_unfinished(self) -> int:
-        return int(self._db.execute(COUNT_UNFINISHED).fetchone()[0])
+        return int(self.db.writer.execute(COUNT_UNFINISHED).fetchone()[0])
 
     def unfinished(self) -> int:
-        return int(self._select(COUNT_UNFINISHED)[0][0])
+        return int(self.db.select(COUNT_UNFINISHED)[0][0])
 
     def queue_position(self, record: JobRecord) -> int:
-        rows = self._select("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND created_at < ?",
+        rows = self.db.select("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND created_at < ?",
                             (record.created_at,))
         return int(rows[0][0])
 
     def unfinished_ids(self, status: JobStatus) -> list[str]:
-        rows = self._select("SELECT id FROM jobs WHERE status = ? ORDER BY created_at", (status.value,))
+        rows = self.db.select("SELECT id FROM jobs WHERE status = ? ORDER BY created_at", (status.value,))
         return [r[0] for r in rows]
 
     def expired(self, now: float) -> list[ExpiredJob]:
-        rows = self._select("SELECT doc FROM jobs WHERE expires_at <= ? AND status IN ('COMPLETED', 'FAILED') "
+        rows = self.db.select("SELECT doc FROM jobs WHERE expires_at <= ? AND status IN ('COMPLETED', 'FAILED') "
                             "ORDER BY expires_at", (now,))
         records = [JobRecord.model_validate_json(r[0]) for r in rows]
         return [ExpiredJob(r.id, [image.key for image in r.images]) for r in records]
@@ -175,10 +192,10 @@ class SQLiteState:
     def delete(self, jobs: list[ExpiredJob]) -> None:
         def forget() -> None:
             for job in jobs:
-                self._db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
-                self._db.execute("DELETE FROM claims WHERE name LIKE ?", (f"%:{job.id}",))
+                self.db.writer.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+                self.db.writer.execute("DELETE FROM claims WHERE name LIKE ?", (f"%:{job.id}",))
 
-        self._transaction(forget)
+        self.db.transaction(forget)
 
     def problem(self) -> str | None:
         """Why the database is unusable (checked by the housekeeping thread), or None."""
@@ -190,18 +207,17 @@ class SQLiteState:
 
     def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, T]]) -> T:
         def read_modify_write() -> T:
-            row = self._db.execute("SELECT doc FROM state WHERE name = ?", (name,)).fetchone()
+            row = self.db.writer.execute("SELECT doc FROM state WHERE name = ?", (name,)).fetchone()
             new_doc, result = change(json.loads(row[0]) if row else None)
             if new_doc is not None:
-                self._db.execute("INSERT OR REPLACE INTO state (name, doc) VALUES (?, ?)",
+                self.db.writer.execute("INSERT OR REPLACE INTO state (name, doc) VALUES (?, ?)",
                                  (name, json.dumps(new_doc)))
             return result
 
-        return self._transaction(read_modify_write)
+        return self.db.transaction(read_modify_write)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
 
 class FileInputs:

@@ -10,7 +10,8 @@ from service.jobs.service import JobService
 from service.jobs.waiting import run_blocking
 from service.jobs.records import JobRecord
 from service.http.routes.deps import base_url, caller, jobs_of, owned_job
-from service.http.routes.docs import CREDITS_HEADER, ERRORS_DOC, REQUEST_BODY_DOC, REQUEST_ID_HEADER, REQUEST_LINKS, SLUG_PARAM
+from service.http.routes.docs import (CREDITS_HEADER, ERRORS_DOC, REQUEST_BODY_DOC, REQUEST_ID_HEADER, REQUEST_LINKS,
+                                      SLUG_PARAM)
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 MAX_LONG_POLL = 30.0
@@ -22,7 +23,8 @@ def failed_response(record: JobRecord) -> JSONResponse:
 
 
 async def status_body(jobs: JobService, record: JobRecord) -> dict:
-    body = await jobs.waiting.read(jobs.waiting.status, record) if record.status == JobStatus.QUEUED else jobs.waiting.status(record)
+    waiting = jobs.waiting
+    body = await waiting.read(waiting.status, record) if record.status == JobStatus.QUEUED else waiting.status(record)
     return body.model_dump(exclude_none=True, mode="json") | {"metrics": record.metrics()}
 
 
