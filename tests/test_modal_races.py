@@ -3,6 +3,7 @@ classes, and how many Dict calls each request costs. Every race must end with ex
 one webhook and one refund."""
 
 import asyncio
+import math
 import threading
 import time
 import uuid
@@ -485,3 +486,43 @@ def test_a_running_job_silent_past_any_timeout_is_taken_even_when_modal_cannot_s
     assert record.status == JobStatus.FAILED and record.failure == Failure.WORKER_LOST
     assert d.credits_left() == BUDGET
     d.gate.set()
+
+
+def test_a_long_poll_reads_the_store_at_most_twice_a_second(deployment):
+    """On Modal a long-poll cannot be woken by the worker: it looks again every 0.5 s, one round (3 Dict calls:
+    the finished record, the live one, the queue's head) each time, however many jobs there are."""
+    from service.jobs.waiting import STORE_POLL_INTERVAL
+
+    d = deployment()
+    d.gate.clear()
+    record = d.web.records.get(d.submit())
+    before = dict_cost(d)
+    started = time.monotonic()
+    assert asyncio.run(d.web.waiting.wait_for_change(record, 1.6)).status == JobStatus.QUEUED  # nothing changed
+    rounds = 1 + math.ceil((time.monotonic() - started) / STORE_POLL_INTERVAL)
+    assert STORE_POLL_INTERVAL == 0.5 and dict_cost(d) - before <= 3 * rounds
+    d.gate.set()
+
+
+def test_blocking_store_calls_get_a_thread_per_concurrent_request(deployment):
+    """On Modal every store call is a network round trip run off the event loop: the web container's thread
+    pool is sized to the requests it takes at once (BLOCKING_THREADS), not Python's default of at most 32."""
+    d = deployment()
+    d.settings.blocking_threads = 48
+    threads = set()
+    records = d.dicts["records"]
+    original_get = records.get
+
+    def recording_get(key, default=None):
+        threads.add(threading.current_thread().name)
+        return original_get(key, default)
+
+    records.get = recording_get
+    server = ApiServer(create_app(d._backend(spawn=d._spawn)), free_port()).start()
+    try:
+        with httpx.Client(base_url=server.url, headers={"x-api-key": KEY_A}, timeout=60) as client:
+            request_id = client.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+            assert client.get(f"/v2/requests/{request_id}/status").status_code in (200, 422)
+    finally:
+        server.stop()
+    assert threads and all(name.startswith("store_") for name in threads if "ThreadPool" not in name)
