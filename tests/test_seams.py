@@ -10,7 +10,8 @@ from schemas import InpaintParams, JobStatus
 from service.http.app import create_app
 from service.jobs.identity import key_owner
 from service.backend import build_embedded
-from service.jobs.failures import FAILURE_TABLE, Failure, refunded, v1_status
+from service.http.errors import FAILURE_STATUS, v1_status
+from service.jobs.failures import Failure, refunded
 from service.jobs.limits import remaining_credits
 from tests.images import box_mask, gradient_image, png_bytes
 from tests.servers import KEY_A, ApiServer, SlowInpainter, free_port, make_settings
@@ -85,7 +86,7 @@ def test_no_handler_calls_the_store_on_the_event_loop(tmp_path, tiny_model_dir, 
 
 
 def test_failure_table_covers_every_kind_and_maps_to_http():
-    assert set(FAILURE_TABLE) == set(Failure)
+    assert set(FAILURE_STATUS) == set(Failure)
     assert v1_status(Failure.BLOCKED) == v1_status(Failure.CANCELLED) == 422
     assert v1_status(Failure.UNAVAILABLE) == 503 and v1_status(Failure.TIMED_OUT) == 504
     assert v1_status(None) == 500

@@ -1,5 +1,6 @@
 """Every error leaves as {"error": "..."} with the contract's status code. The job layer's refusals
-(service/jobs/errors.py) get theirs from one table here."""
+(service/jobs/errors.py) and the reasons a job failed (service/jobs/failures.py) get theirs from the two
+tables here."""
 
 import logging
 from datetime import datetime, timezone
@@ -11,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.jobs.errors import (BadInput, JobError, NoWorker, NotFound, OutOfCredits, StoreUnavailable,
                                  Throttled)
+from service.jobs.failures import Failure
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,23 @@ JOB_ERROR_STATUS: dict[type[JobError], int] = {
     Throttled: 429,
     NoWorker: 503,
 }
+
+
+# v1 answers a FAILED job with this status (v2 answers every FAILED job with 422 and the code in `failure`).
+FAILURE_STATUS: dict[Failure, int] = {
+    Failure.CANCELLED: 422,
+    Failure.BLOCKED: 422,
+    Failure.TIMED_OUT: 504,
+    Failure.STORAGE: 502,
+    Failure.UNAVAILABLE: 503,
+    Failure.WORKER_LOST: 502,
+    Failure.EXPIRED: 504,
+    Failure.INTERNAL: 500,
+}
+
+
+def v1_status(failure: Failure | None) -> int:
+    return FAILURE_STATUS[failure or Failure.INTERNAL]
 
 
 class ApiError(Exception):

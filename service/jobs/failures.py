@@ -1,7 +1,7 @@
-"""Why a job failed, as a stable code, and what each reason means for the caller: one table.
+"""Why a job failed, as a stable code, and whether its credits are given back.
 
-The worker and the job service say *why* (a `Failure`); the HTTP layer looks the
-reason up here instead of reading the error's wording.
+The worker and the job rules say *why* (a `Failure`); the HTTP layer gives each reason its v1 status code
+(service/http/errors.py) instead of reading the error's wording.
 """
 
 from enum import Enum
@@ -18,22 +18,8 @@ class Failure(str, Enum):
     INTERNAL = "internal"  # anything else
 
 
-# (v1 HTTP status, credits given back). v2 answers every FAILED job with 422 and this code in `failure`.
-FAILURE_TABLE: dict[Failure, tuple[int, bool]] = {
-    Failure.CANCELLED: (422, True),
-    Failure.BLOCKED: (422, False),  # the caller's content was the cause: the credits stay spent
-    Failure.TIMED_OUT: (504, True),
-    Failure.STORAGE: (502, True),
-    Failure.UNAVAILABLE: (503, True),
-    Failure.WORKER_LOST: (502, True),
-    Failure.EXPIRED: (504, True),
-    Failure.INTERNAL: (500, True),
-}
-
-
-def v1_status(failure: Failure | None) -> int:
-    return FAILURE_TABLE[failure or Failure.INTERNAL][0]
+CHARGED = {Failure.BLOCKED}  # the caller's content was the cause: the credits stay spent
 
 
 def refunded(failure: Failure | None) -> bool:
-    return FAILURE_TABLE[failure or Failure.INTERNAL][1]
+    return (failure or Failure.INTERNAL) not in CHARGED

@@ -7,8 +7,7 @@ from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse, Response
 
 from schemas import MODEL_SLUG, ErrorBody, FailedBody, JobStatus, V1Base64Response, V1MultiResponse
-from service.http.errors import ApiError
-from service.jobs.failures import v1_status
+from service.http.errors import ApiError, v1_status
 from service.http.intake import accept
 from service.jobs.records import JobOutcome
 from service.jobs.service import JobService
