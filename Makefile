@@ -40,7 +40,7 @@ tiny-model: $(STAMP)
 	test -f $(TINY_MODEL)/model_index.json || $(BIN)/python -m scripts.make_tiny_model $(TINY_MODEL)
 
 clean:
-	rm -rf $(VENV) .state .models .pytest_cache
+	rm -rf $(VENV) .state .models .pytest_cache .image-venvs
 
 demo: $(STAMP)
 	$(BIN)/python -m service --demo

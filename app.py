@@ -46,7 +46,8 @@ GPU_PACKAGES = JOBS_PACKAGES + [
     "scipy==1.17.1",
     "numpy==2.4.6",
 ]
-DOWNLOAD_PACKAGES = CONFIG_PACKAGES + ["huggingface-hub==2.4.0"]
+# weights/download.py fetches with huggingface-hub and checks the hub is reachable with httpx first.
+DOWNLOAD_PACKAGES = CONFIG_PACKAGES + ["huggingface-hub==2.4.0", "httpx==0.28.1"]
 IGNORE = ["**/__pycache__/**", "**/*.pyc"]
 
 # Settings that are not secrets travel as plain environment; keys, credits and S3 credentials come from Secrets.

@@ -18,6 +18,7 @@ from service.stores.results import LocalStorage
 from service.stores.sqlite import FileInputs, SQLiteState
 from tests.conftest import REPO
 from tests.images import box_mask, gradient_image, png_bytes
+from tests.image_envs import app_functions
 from tests.standins import standin_dicts
 
 HEAVY = ("torch", "diffusers", "transformers", "xformers", "accelerate", "scipy", "torchsde")
@@ -61,14 +62,6 @@ def recorded_app(monkeypatch):
     module = importlib.import_module("app")
     yield module, recorded
     sys.modules.pop("app", None)
-
-
-def app_functions(app) -> dict:
-    """The app's registered functions by name (modal 1.6 has no public way; App.registered_functions is
-    deprecated and goes in 1.7)."""
-    from modal._utils.async_utils import synchronizer
-
-    return dict(synchronizer._translate_in(app)._local_state.functions)
 
 
 def test_app_layout_and_knobs(recorded_app):
