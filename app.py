@@ -50,8 +50,9 @@ GPU_PACKAGES = JOBS_PACKAGES + [
 DOWNLOAD_PACKAGES = CONFIG_PACKAGES + ["huggingface-hub==2.4.0", "httpx==0.28.1"]
 IGNORE = ["**/__pycache__/**", "**/*.pyc"]
 
-# Settings that are not secrets travel as plain environment; keys, credits and S3 credentials come from Secrets.
-SECRET_SETTINGS = {"api_keys", "webhook_secret", "key_credits", "host", "port", "state_dir", "model_dir"}
+# Settings that are not secrets travel as plain environment; keys, credits and S3 credentials come from Secrets,
+# and a few do not apply or follow from the deploy knobs (GPU_TYPE is INPAINT_GPU, whatever the shell says).
+DERIVED_SETTINGS = {"api_keys", "webhook_secret", "key_credits", "host", "port", "state_dir", "model_dir", "gpu_type"}
 
 
 def gpu_price_env() -> dict[str, str]:
@@ -61,7 +62,7 @@ def gpu_price_env() -> dict[str, str]:
 
     gpu = normalize_gpu(cfg.gpu)
     if gpu in price_table():
-        return {"GPU_TYPE": gpu}
+        return {"GPU_TYPE": cfg.gpu}  # with its count (H100:2): a container pays for every GPU it holds
     if modal.is_local():
         print(f"note: no price is known for GPU type {cfg.gpu!r}: metrics.cost_usd and the costs in /usage stay "
               f"empty. To price it, deploy with GPU_PRICE_PER_SECOND={gpu}=<USD per second>.")
@@ -72,7 +73,7 @@ def container_env() -> dict[str, str]:
     env = {f"INPAINT_{name.upper()}": str(value) for name, value in cfg.model_dump().items()}
     env |= gpu_price_env()
     for name in Settings.model_fields:
-        if name not in SECRET_SETTINGS and not name.startswith("s3_") and name.upper() in os.environ:
+        if name not in DERIVED_SETTINGS and not name.startswith("s3_") and name.upper() in os.environ:
             env[name.upper()] = os.environ[name.upper()]
     env["V1_TIMEOUT_SECONDS"] = str(cfg.v1_timeout_seconds)
     env["BATCH_MAX_IMAGES"] = str(cfg.batch_max_images)  # the GPU class's modal.batched size, for grouping

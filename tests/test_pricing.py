@@ -20,7 +20,7 @@ def test_job_cost_is_seconds_times_the_gpu_price():
     # Modal's other spellings price the same GPU.
     table = pricing.price_table(env={})
     assert pricing.job_cost(2, "A10", table) == pricing.job_cost(2, "A10G", table)
-    assert pricing.job_cost(2, "L4:2", table) == pricing.job_cost(2, "L4", table)
+    assert pricing.job_cost(2, "L4:2", table) == 2 * pricing.job_cost(2, "L4", table)  # both GPUs are billed
 
 
 def test_env_var_overrides_in_both_formats_and_passed_overrides_win():

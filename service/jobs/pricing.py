@@ -115,8 +115,15 @@ def price_per_second(gpu: str, table: Mapping[str, float] | None = None) -> floa
     return table[key]
 
 
+def gpu_count(gpu: str) -> int:
+    """'L4:2' -> 2, 'L4' -> 1: the GPUs a container holds (and is billed for)."""
+    _, sep, count = gpu.strip().partition(":")
+    return int(count) if sep and count.isdigit() else 1
+
+
 def job_cost(gpu_seconds: float, gpu: str, table: Mapping[str, float] | None = None) -> float:
-    """USD for `gpu_seconds` of one `gpu`. A batch's jobs each pass their share of the batch's seconds."""
+    """USD for `gpu_seconds` of a container with `gpu` ('L4', or 'L4:2' for two, both billed though a job uses
+    one). A batch's jobs each pass their share of the batch's seconds."""
     if not gpu_seconds >= 0:
         raise ValueError(f"gpu_seconds must be >= 0, got {gpu_seconds!r}")
-    return gpu_seconds * price_per_second(gpu, table)
+    return gpu_seconds * price_per_second(gpu, table) * gpu_count(gpu)
