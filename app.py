@@ -12,6 +12,7 @@ the same variables as the embedded server (service.config.Settings). Both are re
 deploy saw.
 """
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -134,7 +135,7 @@ runtime_env = checked_env()
 # so the call's limit grows with the batch.
 GPU_CALL_TIMEOUT = cfg.timeout if cfg.batch_max_images == 1 else min(86400, 2 * cfg.timeout * cfg.batch_max_images)
 # A sweep never runs into the next one; half of its time may go to forgetting expired jobs.
-SWEEP_TIMEOUT = max(120, cfg.sweep_minutes * 60)
+SWEEP_TIMEOUT = cfg.sweep_minutes * 60
 
 
 def _settings() -> Settings:
@@ -238,19 +239,17 @@ class Inpainter:
         """The model to the GPU and, with TORCH_COMPILE, compiled by one warm-up job whose attempt is recorded on
         the compile-cache Volume: a warm-up Modal killed at the start-up limit is not tried again
         (inference/compile_warmup.py)."""
-        import torch
         from PIL import Image
 
         from inference.compile_warmup import WarmupRecord, warm_up
         from schemas import InpaintParams
 
-        record = WarmupRecord(Path(COMPILE_CACHE), {"torch": torch.__version__, "gpu": cfg.gpu,
-                                                    "weights": current_weights_dir().name,
-                                                    "startup_timeout": cfg.startup_timeout}, cfg.startup_timeout)
+        record = WarmupRecord(Path(COMPILE_CACHE), {"gpu": cfg.gpu, "weights": current_weights_dir().name,
+                                                    "startup_timeout": cfg.startup_timeout})
         compile_unet = settings.torch_compile
         if compile_unet and (why := record.skip_reason()):
-            print(f"torch.compile is off in this container: {why}. Raise INPAINT_STARTUP_TIMEOUT or deploy "
-                  f"without TORCH_COMPILE.")
+            print(f"torch.compile is off in this container: {why}. Raise INPAINT_STARTUP_TIMEOUT, or delete "
+                  f"{record.path.name} from the {cfg.compile_cache_volume!r} Volume, and deploy again.")
             compile_unet = False
         self.model.compile_unet = compile_unet
         self.model.to("cuda")
@@ -270,7 +269,13 @@ class Inpainter:
         from service.stores.modal_dispatch import outcome_to_wire
 
         cold_start, self.cold_start = self.cold_start, None  # only the first jobs waited for this container
-        outcomes = run_jobs(job_ids, self.backend.jobs, self.model, self.timeout, cfg.batch_max_images, cold_start)
+        try:
+            outcomes = run_jobs(job_ids, self.backend.jobs, self.model, self.timeout, cfg.batch_max_images,
+                                cold_start)
+        except Exception:  # e.g. the Dicts unreachable: the jobs are left to the sweep, never failed by the web
+            # tier mistaking an error raised here for its own lost connection (both arrive as the same class)
+            logging.getLogger("app").exception("jobs %s: the GPU call failed around them", ", ".join(job_ids))
+            return [None] * len(job_ids)
         return [outcome_to_wire(outcomes[job_id]) for job_id in job_ids]
 
     # Called as `Inpainter().run.spawn(job_id)` either way. With INPAINT_BATCH_MAX_IMAGES > 1, Modal gathers up
@@ -300,17 +305,14 @@ def web():
 def sweep():
     """Forget expired jobs and their objects; re-dispatch once (then fail) jobs whose GPU call died; fail queued
     jobs whose GPU container could not start; keep credit counters from expiring."""
-    from service.jobs.housekeeping import expire_queued, keep_counters_alive, reap_stale, sweep_expired
+    from service.jobs.housekeeping import housekeeping_round
     from service.jobs.identity import key_owner
 
     settings = _settings()
     jobs = _backend(settings, dispatching=True).jobs
-    removed = sweep_expired(jobs, budget=SWEEP_TIMEOUT / 2)
-    reaped = reap_stale(jobs, settings.lease_seconds)
-    expired = expire_queued(jobs)
-    keep_counters_alive(jobs.counters, [key_owner(key) for key in settings.api_keys])
-    print(f"sweep: removed {removed} expired job(s), handled {reaped} job(s) whose GPU call was gone, "
-          f"failed {expired} job(s) that waited too long in the queue")
+    done = housekeeping_round(jobs, settings.lease_seconds, budget=SWEEP_TIMEOUT / 2,
+                              keep_alive=[key_owner(key) for key in settings.api_keys])
+    print("sweep: " + ", ".join(f"{what}: {'failed' if count is None else count}" for what, count in done.items()))
 
 
 @app.function(image=jobs_image, secrets=[s3_secret, webhook_secret], env=runtime_env, timeout=300)

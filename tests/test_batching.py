@@ -105,7 +105,7 @@ def test_cancelling_one_job_of_a_batch_leaves_the_others_running(jobs, inpainter
     cancelled = outcomes[victim].record
     assert cancelled.status == JobStatus.FAILED and cancelled.failure == Failure.CANCELLED
     assert cancelled.images == [] and cancelled.gpu_seconds > 0  # what it used before the cancel is counted
-    assert jobs.inputs.get(victim) is None
+    assert jobs.inputs.get(cancelled.inputs_at) is None and cancelled.inputs_key
     for job_id in (ids[0], ids[2]):
         assert outcomes[job_id].record.status == JobStatus.COMPLETED and outcomes[job_id].record.batch_size == 3
 
@@ -134,7 +134,7 @@ def test_a_failing_batch_runs_its_jobs_one_by_one(jobs, inpainter):
 
 def test_unreadable_inputs_fail_that_job_only(jobs, inpainter):
     ids = [submit(jobs, seed=s) for s in (1, 2)]
-    jobs.inputs.put(ids[0], b"not an image", b"not an image")
+    jobs.inputs.put(jobs.records.get(ids[0]).inputs_at, b"not an image", b"not an image")
     outcomes = run_jobs(ids, jobs, Hooked(inpainter), max_images=4)
     assert outcomes[ids[0]].record.failure == Failure.INTERNAL
     assert "cannot be read" in outcomes[ids[0]].record.error

@@ -135,7 +135,8 @@ def test_handed_over_images_go_when_the_job_ends_before_running(tmp_path, tiny_m
             queued = http.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
             assert http.get(f"/v2/requests/{queued}/status").json()["status"] == "QUEUED"
             assert len(jobs.lifecycle.decoded) == 1  # the queued job's; the running one's was taken by the worker
-            assert jobs.inputs.get(queued) is not None  # its bytes are stored all the same (it survives a restart)
+            stored = jobs.inputs.get(jobs.records.get(queued).inputs_at)
+            assert stored is not None  # its bytes are stored all the same (it survives a restart)
             assert http.post(f"/v2/requests/{queued}/cancel").json()["status"] == "CANCELLED"
             assert len(jobs.lifecycle.decoded) == 0 and jobs.lifecycle.decoded.pixels == 0
             gate.set()

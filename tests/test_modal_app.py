@@ -208,6 +208,25 @@ def test_inpainter_run_local_end_to_end(recorded_app, monkeypatch, tiny_model_di
     assert jobs.records.unfinished() == 0
 
 
+def test_the_gpu_call_never_raises_what_the_web_tier_would_take_for_its_own_lost_link(monkeypatch, tiny_model_dir,
+                                                                                     tmp_path):
+    """A modal.exception.ConnectionError raised inside the GPU call reaches the web tier as that same class, which
+    there means "Modal unreachable, the job may be running": the call returns nothing instead, and the jobs are
+    left to the sweep ("the worker returned without finishing the job"). Batched, the requests are read before
+    any job starts, outside the per-group guard."""
+    import modal.exception
+
+    module = import_app(monkeypatch, INPAINT_BATCH_MAX_IMAGES="2", MODEL_DIR=str(tiny_model_dir),
+                        STATE_DIR=str(tmp_path))
+    monkeypatch.setattr(module, "dicts", standin_dicts())
+
+    def unreachable(*args, **kwargs):
+        raise modal.exception.ConnectionError("the Dicts are unreachable")
+
+    monkeypatch.setattr(module.dicts["records"], "get", unreachable)
+    assert module.Inpainter().run.local(["j1", "j2"]) == [None, None]
+
+
 def run_method_params(module):
     """The modal.batched parameters Modal registered for Inpainter.run (None for a plain method)."""
     from modal._utils.async_utils import synchronizer

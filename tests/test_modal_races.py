@@ -227,7 +227,9 @@ def test_enter_failure_fails_queued_jobs_with_the_reason(deployment):
 
 
 @pytest.mark.parametrize("error", [modal.exception.OutputExpiredError(), modal.exception.FunctionTimeoutError("t"),
-                                   modal.exception.InputCancellation(), RuntimeError("enter failed")])
+                                   modal.exception.InputCancellation(), RuntimeError("enter failed"),
+                                   modal.exception.RemoteError("terminated"),
+                                   modal.exception.NotFoundError("no such call")])  # Modal's refusal, not a lost link
 def test_a_dead_call_is_not_answered_as_still_running(deployment, error):
     d = deployment()
     d.spawner.method = lambda job_id: (_ for _ in ()).throw(error)
@@ -496,6 +498,8 @@ def test_a_long_poll_reads_the_store_at_most_twice_a_second(deployment):
     d = deployment()
     d.gate.clear()
     record = d.web.records.get(d.submit())
+    d.web.records.depth.max_age = 3600.0  # the depth (which caps a position) is re-read once a second per
+    d.web.records.unfinished()  # container, shared by every request: measured apart in the cost test
     before = dict_cost(d)
     started = time.monotonic()
     assert asyncio.run(d.web.waiting.wait_for_change(record, 1.6)).status == JobStatus.QUEUED  # nothing changed
@@ -526,3 +530,52 @@ def test_blocking_store_calls_get_a_thread_per_concurrent_request(deployment):
     finally:
         server.stop()
     assert threads and all(name.startswith("store_") for name in threads if "ThreadPool" not in name)
+
+
+def test_a_pending_call_is_left_alone_however_long_the_job_is_silent(deployment):
+    """A preempted job waiting behind max_containers for its retry: Modal says the call is pending, so the
+    sweep leaves it, silent or not (the call's own timeout bounds it)."""
+    d = deployment()
+    d.gate.clear()
+    job_id = d.submit()
+    long_ago = time.time() - d.settings.job_timeout_seconds - d.settings.lease_seconds - 600
+    d.web.records.update(job_id, status=JobStatus.PROCESSING, attempts=1, created_at=long_ago, started_at=long_ago,
+                         heartbeat_at=long_ago)
+    d.dicts["records"].put(f"call:{job_id}", {"id": d.dicts["records"].get(f"call:{job_id}")["id"], "at": long_ago})
+    assert reap_stale(d._backend(spawn=d._spawn).jobs, lease=120) == 0
+    assert d.spawner.spawned == [job_id] and d.web.records.get(job_id).status == JobStatus.PROCESSING
+    d.gate.set()
+
+
+def test_a_job_whose_tidying_was_cut_off_is_tidied_by_the_sweep(deployment):
+    """The end of a job is the once-only `final:` write; the index entries after it can fail (or the container
+    die between them). The job must not stay counted as unfinished, nor escape the expiry sweep."""
+    d = deployment()
+    d.gate.clear()
+    job_id = d.submit()
+    expiry_put = d.dicts["expiry"].put
+    d.dicts["expiry"].put = lambda *args, **kwargs: (_ for _ in ()).throw(modal.exception.ConnectionError("reset"))
+    d.dicts["active"].pop = lambda *args, **kwargs: (_ for _ in ()).throw(modal.exception.ConnectionError("reset"))
+    assert d.web.lifecycle.cancel(d.web.records.get(job_id)).status == "CANCELLED"
+    del d.dicts["active"].pop  # the stand-in's own methods again
+    d.dicts["expiry"].put = expiry_put
+    assert job_id in d.web.records.unfinished_ids(JobStatus.QUEUED)  # still listed
+    reap_stale(d._backend(spawn=d._spawn).jobs, lease=120)
+    assert d.web.records.unfinished_ids(JobStatus.QUEUED) == []
+    later = time.time() + d.settings.result_ttl_seconds + 1
+    assert [job.id for job in d.web.records.expired(later)] == [job_id]
+    d.gate.set()
+
+
+def test_the_queue_position_never_counts_more_jobs_than_are_waiting(deployment):
+    """Tickets of jobs that ended without starting stay behind the head until the queue moves; the position is
+    capped by the jobs actually unfinished."""
+    d = deployment()
+    d.gate.clear()
+    d.web.records.depth.max_age = 0.0  # read the depth afresh for each position
+    for _ in range(5):
+        job_id = d.submit()
+        d.web.lifecycle.cancel(d.web.records.get(job_id))
+    last = d.web.records.get(d.submit())
+    assert d.web.waiting.status(last).queue_position == 0  # the only job waiting
+    d.gate.set()

@@ -172,7 +172,8 @@ def test_state_files_are_owner_only_and_inputs_leave_with_the_job(tmp_path, tiny
             client_for(srv) as client:
         request_id = client.post(f"/v2/{SLUG}", json={**BODY, "output_format": "png"}).json()["request_id"]
         inputs = sorted((state / "inputs").iterdir())
-        assert [p.name for p in inputs] == [f"{request_id}.image", f"{request_id}.mask"]
+        assert [p.name.removeprefix(request_id + "-").split(".")[1] for p in inputs] == ["image", "mask"]
+        assert all(p.name.startswith(request_id + "-") for p in inputs)  # the job's id, then a random token
         gate.set()
         assert wait_terminal(client, request_id)["status"] == "COMPLETED"
         deadline = time.monotonic() + 30

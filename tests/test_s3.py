@@ -83,7 +83,8 @@ def test_on_modal_inputs_wait_in_the_bucket_not_in_a_dict(tmp_path, tiny_model_d
     image, mask = png_bytes(gradient_image()), png_bytes(box_mask())
     record, _ = web.admission.admit(key_owner(KEY_A), InpaintParams(prompt="a chair", seed=1), image, mask, "http://x")
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"])
-    assert keys == [f"inpaint/inputs/{record.id}/image", f"inpaint/inputs/{record.id}/mask"]
+    assert record.inputs_key.startswith(f"{record.id}-") and len(record.inputs_key) > len(record.id) + 16
+    assert keys == [f"inpaint/inputs/{record.inputs_key}/image", f"inpaint/inputs/{record.inputs_key}/mask"]
     assert not any(image in raw or mask in raw for d in dicts.values() for raw in d._data.values())
 
     gpu = build_modal(settings, dicts).jobs  # a GPU container reads them back from the bucket

@@ -115,7 +115,7 @@ def test_a_failed_job_is_refunded_exactly_once(tmp_path, tiny_model_dir, failure
     assert jobs.lifecycle.complete(record.id) is None  # nothing ends twice
     expected = 5 if refunded(failure) else 3
     assert remaining_credits(jobs.counters, owner, 5) == expected
-    assert jobs.records.get(record.id).status == JobStatus.FAILED and jobs.inputs.get(record.id) is None
+    assert jobs.records.get(record.id).status == JobStatus.FAILED and jobs.inputs.get(record.inputs_at) is None
 
 
 def test_modal_handlers_make_no_store_call_on_the_event_loop(tmp_path, tiny_model_dir, inpainter):
@@ -161,4 +161,4 @@ def test_a_failing_refund_does_not_cost_the_webhook(tmp_path, tiny_model_dir):
     swap_store(jobs, "counters", type("Broken", (), {"modify": staticmethod(failing_modify)})())
     assert jobs.lifecycle.fail(record.id, Failure.INTERNAL, "boom") is not None
     assert [r.id for r in ended] == [record.id]  # the webhook still goes out
-    assert jobs.inputs.get(record.id) is None
+    assert jobs.inputs.get(record.inputs_at) is None

@@ -2,6 +2,7 @@
 cap, then the job stored and handed to a worker. A refused request is never charged."""
 
 import logging
+import secrets
 import time
 import uuid
 from typing import Any
@@ -54,10 +55,10 @@ class Admission:
         except JobError:
             refund_daily(self.counters, params.samples, settings.daily_image_cap)
             raise
-        now = time.time()
-        record = JobRecord(id=str(uuid.uuid4()), owner=owner, params=params.model_dump(mode="json"),
-                           created_at=now, expires_at=now + settings.result_ttl_seconds, base_url=base_url,
-                           webhook_url=params.webhook_url)
+        now, job_id = time.time(), str(uuid.uuid4())
+        record = JobRecord(id=job_id, owner=owner, params=params.model_dump(mode="json"), created_at=now,
+                           expires_at=now + settings.result_ttl_seconds, base_url=base_url,
+                           webhook_url=params.webhook_url, inputs_key=f"{job_id}-{secrets.token_urlsafe(16)}")
         self._store(record, image, mask, received)
         # Logged before the dispatch, so it always precedes the worker's PROCESSING line.
         log_event("job", request_id=record.id, status="QUEUED", owner=owner, samples=params.samples, **log_fields)
@@ -76,7 +77,7 @@ class Admission:
     def _store(self, record: JobRecord, image: bytes, mask: bytes, received: float | None) -> None:
         """The inputs, then the record under the queue cap; on any refusal the charges are given back."""
         try:
-            self.inputs.put(record.id, image, mask)
+            self.inputs.put(record.inputs_at, image, mask)
             if received is not None:
                 record.intake_time = time.monotonic() - received
             created = self.records.create(record, self.settings.max_queue_depth)
@@ -94,7 +95,7 @@ class Admission:
     def _forget(self, record: JobRecord) -> None:
         """Undo what a refused request left: its inputs and its charges (best effort when the store is failing)."""
         try:
-            self.inputs.delete([record.id])
+            self.inputs.delete([record.inputs_at])
         except Exception:
             log.warning("could not delete the inputs of refused request %s", record.id)
         try:

@@ -64,3 +64,7 @@ class StorageError(RuntimeError):
 
 class WorkerFailed(Exception):
     """The worker running a job is gone (its call failed, expired or was cut off)."""
+
+
+class CallStateUnknown(Exception):
+    """How a job's worker call stands cannot be learnt right now (the platform is unreachable)."""

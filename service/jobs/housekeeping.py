@@ -10,6 +10,7 @@ import time
 from typing import Callable
 
 from schemas import JobStatus
+from service.jobs.errors import CallStateUnknown
 from service.jobs.failures import Failure
 from service.jobs.ports import Counters
 from service.jobs.service import MAX_ATTEMPTS, JobService
@@ -34,11 +35,11 @@ def sweep_expired(jobs: JobService, now: float | None = None, budget: float | No
         batch = due[start:start + SWEEP_BATCH]
         try:
             jobs.storage.delete([key for job in batch for key in job.files])
-            jobs.inputs.delete([job.id for job in batch])
+            jobs.inputs.delete([job.inputs_key for job in batch])
+            jobs.records.delete(batch)
         except Exception:
-            log.exception("could not delete the files of %d expired job(s); will retry", len(batch))
+            log.exception("could not forget %d expired job(s); will retry", len(batch))
             break
-        jobs.records.delete(batch)
         removed += len(batch)
     if removed:
         log.info("expiry sweep removed %d job(s) of %d due", removed, len(due))
@@ -49,9 +50,9 @@ def reap_stale(jobs: JobService, lease: float, now: float | None = None) -> int:
     """Unfinished jobs with no sign of life for `lease` seconds whose worker call is gone: a PROCESSING job is
     dispatched again once, then FAILED; a QUEUED job whose call failed (the worker could not start) is FAILED.
     A call the platform still holds (queued behind max_containers, running, retried after preemption) is left
-    alone: its own timeout bounds it. A PROCESSING job silent for longer than a job may run (the job timeout
-    plus the lease) is taken whatever its call says, so an answer that cannot be had (Modal unreachable) never
-    leaves a job running forever. lease=0 takes every PROCESSING job (start-up recovery).
+    alone: its own timeout bounds it. When how the call stands cannot be learnt (Modal unreachable), a PROCESSING
+    job silent for longer than a job may run (the job timeout plus the lease) is taken all the same, so it never
+    stays running forever. lease=0 takes every PROCESSING job (start-up recovery).
     Returns how many jobs were handled."""
     now = time.time() if now is None else now
     handled = 0
@@ -68,6 +69,9 @@ def reap_stale(jobs: JobService, lease: float, now: float | None = None) -> int:
 
 def _reap(jobs: JobService, job_id: str, status: JobStatus, lease: float, now: float) -> int:
     record = jobs.records.get(job_id)
+    if record is not None and record.status.terminal:  # listed as unfinished, yet it ended
+        jobs.records.repair_finished(job_id)
+        return 0
     if record is None or record.status != status:
         return 0
     last_seen = max(filter(None, (record.heartbeat_at, record.started_at, record.created_at,
@@ -77,10 +81,14 @@ def _reap(jobs: JobService, job_id: str, status: JobStatus, lease: float, now: f
         return 0
     if lease <= 0:
         gone = "the server restarted"
-    elif status == JobStatus.PROCESSING and silence > jobs.settings.job_timeout_seconds + lease:
-        gone = f"silent for {silence:.0f}s, longer than a job may run"
     else:
-        gone = jobs.dispatcher.call_state(job_id)
+        try:
+            gone = jobs.dispatcher.call_state(job_id)
+        except CallStateUnknown as exc:
+            if status != JobStatus.PROCESSING or silence <= jobs.settings.job_timeout_seconds + lease:
+                log.warning("job %s: cannot tell how its call stands (%s); asking again next sweep", job_id, exc)
+                return 0
+            gone = f"silent for {silence:.0f}s, longer than a job may run (its call cannot be asked: {exc})"
     if gone is None:
         return 0
     if status == JobStatus.QUEUED:
@@ -93,8 +101,8 @@ def _reap(jobs: JobService, job_id: str, status: JobStatus, lease: float, now: f
                             f"the worker stopped responding while running this job (retried once{silent})")
     else:
         log.warning("job %s: worker gone (%s); dispatching it again", job_id, gone)
+        jobs.dispatcher.redispatch(job_id)  # counted once it has gone out: a failed spawn uses up no retry
         jobs.records.update(job_id, redispatches=record.redispatches + 1)
-        jobs.dispatcher.redispatch(job_id)
     return 1
 
 
@@ -121,8 +129,28 @@ def keep_counters_alive(counters: Counters, owners: list[str]) -> None:
         counters.modify(f"usage:{owner}", lambda doc: (None, None))
 
 
+def housekeeping_round(jobs: JobService, lease: float, budget: float | None = None,
+                       keep_alive: list[str] | None = None) -> dict[str, int | None]:
+    """Everything above once, each step tried whatever the others do. Returns what each did (None: it failed,
+    and is tried again next round). `keep_alive`: key owners whose counters must not expire (Modal)."""
+    steps = {"expired jobs removed": lambda: sweep_expired(jobs, budget=budget),
+             "jobs whose worker was gone": lambda: reap_stale(jobs, lease),
+             "jobs expired in the queue": lambda: expire_queued(jobs)}
+    if keep_alive is not None:
+        steps["keys whose counters were kept"] = lambda: keep_counters_alive(jobs.counters, keep_alive) or len(
+            keep_alive)
+    done: dict[str, int | None] = {}
+    for what, step in steps.items():
+        try:
+            done[what] = step()
+        except Exception:
+            log.exception("housekeeping: %s: the step failed", what)
+            done[what] = None
+    return done
+
+
 class Sweeper:
-    """Runs sweep_expired and reap_stale every `interval` seconds on a daemon thread (embedded)."""
+    """Runs housekeeping_round every `interval` seconds on a daemon thread (embedded)."""
 
     def __init__(self, jobs: JobService, interval: float, lease: float = 120.0,
                  check: Callable[[], str | None] = lambda: None):
@@ -139,13 +167,8 @@ class Sweeper:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                if problem := self.check():
-                    self.jobs.lifecycle.fault = problem
-                    log.error("%s", problem)
-                    continue
-                sweep_expired(self.jobs)
-                reap_stale(self.jobs, self.lease)
-                expire_queued(self.jobs)
-            except Exception:
-                log.exception("housekeeping sweep failed")
+            if problem := self.check():
+                self.jobs.lifecycle.fault = problem
+                log.error("%s", problem)
+                continue
+            housekeeping_round(self.jobs, self.lease)

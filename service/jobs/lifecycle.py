@@ -92,14 +92,14 @@ class JobLifecycle:
 
         return should_stop
 
-    def input_images(self, job_id: str) -> tuple[Any, Any] | None:
+    def input_images(self, record: JobRecord) -> tuple[Any, Any] | None:
         """The job's image and mask as PIL images, or None when its inputs are gone: the images decoded at
         submit where they were handed over in this process, else the stored bytes (lazily decoded)."""
         from PIL import Image
 
-        if (handed := self.decoded.take(job_id)) is not None:
+        if (handed := self.decoded.take(record.id)) is not None:
             return handed
-        inputs = self.inputs.get(job_id)
+        inputs = self.inputs.get(record.inputs_at)
         if inputs is None:
             return None
         return Image.open(io.BytesIO(inputs[0])), Image.open(io.BytesIO(inputs[1]))
@@ -153,7 +153,7 @@ class JobLifecycle:
             steps.append(("giving back the credits", lambda: refund_credits(self.counters, record)))
         if self.on_ended is not None:
             steps.append(("handing the outcome to its waiter", lambda: self.on_ended(outcome)))
-        steps.append(("deleting the inputs", lambda: self.inputs.delete([record.id])))
+        steps.append(("deleting the inputs", lambda: self.inputs.delete([record.inputs_at])))
         if self.on_terminal is not None:
             steps.append(("the end-of-job hook (webhook)", lambda: self.on_terminal(record)))
         for what, step in steps:

@@ -49,6 +49,10 @@ class JobRecords(Protocol):
     def unfinished_ids(self, status: JobStatus) -> list[str]:
         """Ids with this unfinished status, oldest first (housekeeping, not request paths)."""
 
+    def repair_finished(self, job_id: str) -> None:
+        """A finished job still listed by unfinished_ids: do what its end left undone (a store that tidies after
+        the once-only end can be cut off between the two)."""
+
     def expired(self, now: float) -> list[ExpiredJob]:
         """Finished jobs past their expiry, soonest expired first (housekeeping)."""
 
@@ -57,13 +61,16 @@ class JobRecords(Protocol):
 
 
 class InputBlobs(Protocol):
-    def put(self, job_id: str, image: bytes, mask: bytes) -> None: ...
+    """A job's image and mask under its record's `inputs_key`, which carries a random token: where inputs sit in
+    the result storage, a result URL (which names the job) must not lead to them."""
 
-    def get(self, job_id: str) -> tuple[bytes, bytes] | None:
-        """The job's image and mask bytes; None when they are gone."""
+    def put(self, key: str, image: bytes, mask: bytes) -> None: ...
 
-    def delete(self, job_ids: list[str]) -> None:
-        """Delete these jobs' inputs (those already gone are skipped)."""
+    def get(self, key: str) -> tuple[bytes, bytes] | None:
+        """The image and mask bytes; None when they are gone."""
+
+    def delete(self, keys: list[str]) -> None:
+        """Delete these inputs (those already gone are skipped)."""
 
 
 class Counters(Protocol):
@@ -96,8 +103,8 @@ class Dispatcher(Protocol):
     def last_dispatch(self, job_id: str) -> float | None: ...
 
     def call_state(self, job_id: str) -> str | None:
-        """None while the call is pending or running, or when that cannot be told right now; else why it is gone
-        (housekeeping)."""
+        """None while the call is pending or running; else why it is gone (housekeeping). CallStateUnknown when
+        that cannot be learnt right now."""
 
     async def wait(self, job_id: str, timeout: float) -> JobOutcome | None:
         """The outcome when the job ends within `timeout`, else None. Raises WorkerFailed when its worker is gone."""

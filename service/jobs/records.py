@@ -2,7 +2,7 @@
 
 Status only moves forward: QUEUED -> PROCESSING -> COMPLETED | FAILED; a change
 that would move it back, or touch a finished job, is ignored (`apply_changes`).
-The stores that keep records are in service/ports.py.
+The stores that keep records implement service/jobs/ports.py.
 """
 
 from dataclasses import dataclass, field
@@ -42,6 +42,7 @@ class JobRecord(BaseModel):
     cold_start_time: float | None = None  # seconds of model loading this job waited for (first jobs only)
     intake_time: float | None = None  # the web tier's own seconds from the request's arrival to storing the job
     ticket: int | None = None  # its place in the order of submission, where the store numbers jobs (Modal)
+    inputs_key: str | None = None  # where its input images are kept (InputBlobs); unguessable from its id
     progress_step: int | None = None
     progress_total: int | None = None
     heartbeat_at: float | None = None  # last sign of life from the worker running it
@@ -53,6 +54,11 @@ class JobRecord(BaseModel):
         """Finished and past its time to live. An unfinished job never expires: it ends first (FAILED
         "expired in queue" when it waits too long), so every accepted request ends COMPLETED or FAILED."""
         return self.status.terminal and self.expires_at <= now
+
+    @property
+    def inputs_at(self) -> str:
+        """The InputBlobs key of its image and mask (the job id for records made before keys had a token)."""
+        return self.inputs_key or self.id
 
     @property
     def samples(self) -> int:
@@ -110,4 +116,5 @@ class ExpiredJob:
     """What the housekeeping needs of a finished job past its expiry to forget it."""
     id: str
     files: list[str]  # its result objects in the result storage
+    inputs_key: str  # where its inputs were kept (deleted when it ended, unless that failed)
     store_keys: tuple[str, ...] = ()  # what its store keeps beside the record (the store's own business)

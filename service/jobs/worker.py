@@ -115,7 +115,7 @@ def _start(job_id: str, jobs: JobService, outcomes: dict[str, JobOutcome | None]
     if record is None:
         return None
     try:
-        images = jobs.lifecycle.input_images(job_id)
+        images = jobs.lifecycle.input_images(record)
         params = InpaintParams.model_validate(record.params, strict=False)
     except StoreUnavailable:
         raise

@@ -107,9 +107,12 @@ class DictRecords:
 
     def _advance_head(self, ticket: int) -> None:
         """The queue's head is the highest ticket that has started. Racing starts may set it a little low for a
-        moment; the next start corrects it."""
-        if ticket > (self.dict.get(HEAD) or 0):
-            self.dict.put(HEAD, ticket)
+        moment; the next start corrects it. Only queue positions read it, so failing here must not fail a start."""
+        try:
+            if ticket > (self.dict.get(HEAD) or 0):
+                self.dict.put(HEAD, ticket)
+        except Exception:
+            log.warning("moving the queue's head to %d failed", ticket, exc_info=True)
 
     def finish(self, job_id: str, **changes: Any) -> JobRecord | None:
         current = self._live(job_id)
@@ -119,14 +122,30 @@ class DictRecords:
         if not self.dict.put(FINAL + job_id, finished.model_dump_json(), skip_if_exists=True):
             return None  # another party ended it first
         self.depth.add(-1)
-        try:  # the job has ended; these only tidy up, and must not keep the caller from what follows an end
-            self.expiry.put(job_id, {"at": finished.expires_at, "files": [image.key for image in finished.images],
-                                     "keys": self._kept_beside(finished)})
-            self.dict.put(JOB + job_id, finished.model_dump_json())  # later updates see it finished and stop
-            self.active.pop(job_id, None)
-        except Exception:
-            log.warning("job %s ended, but tidying its live record failed", job_id, exc_info=True)
+        self._tidy(finished)
         return finished
+
+    def _tidy(self, finished: JobRecord) -> None:
+        """After the end: the expiry index entry, the live record marked finished (later updates see it and
+        stop), the `active` entry gone. Each step is tried whatever the others do, and must not keep the caller
+        from what follows an end; the sweep finishes what was left (repair_finished)."""
+        steps = (
+            ("indexing it for expiry", lambda: self.expiry.put(finished.id, {
+                "at": finished.expires_at, "files": [image.key for image in finished.images],
+                "inputs": finished.inputs_at, "keys": self._kept_beside(finished)})),
+            ("marking its live record finished", lambda: self.dict.put(JOB + finished.id, finished.model_dump_json())),
+            ("taking it off the active index", lambda: self.active.pop(finished.id, None)),
+        )
+        for what, step in steps:
+            try:
+                step()
+            except Exception:
+                log.warning("job %s ended, but %s failed", finished.id, what, exc_info=True)
+
+    def repair_finished(self, job_id: str) -> None:
+        raw = self.dict.get(FINAL + job_id)
+        if raw:
+            self._tidy(JobRecord.model_validate_json(raw))
 
     @staticmethod
     def _kept_beside(record: JobRecord) -> list[str]:
@@ -150,11 +169,13 @@ class DictRecords:
         return self.depth.get()
 
     def queue_position(self, record: JobRecord) -> int:
-        """Jobs submitted before this one that have not started: its ticket less the queue's head. One Dict call,
-        however long the queue. Approximate: a job cancelled while queued counts until the queue passes it."""
+        """Jobs submitted before this one that have not started: its ticket less the queue's head, at most the
+        unfinished jobs but this one. One Dict call, however long the queue. Approximate: a job that ended
+        without starting (cancelled, expired) counts until the queue passes it."""
         if record.ticket is None:
             return 0
-        return max(0, record.ticket - (self.dict.get(HEAD) or 0) - 1)
+        behind_head = record.ticket - (self.dict.get(HEAD) or 0) - 1
+        return max(0, min(behind_head, self.depth.get() - 1))
 
     def unfinished_ids(self, status: JobStatus) -> list[str]:
         """Housekeeping only: one stream of the `active` index."""
@@ -164,15 +185,18 @@ class DictRecords:
     def expired(self, now: float) -> list[ExpiredJob]:
         """Housekeeping only: one stream of the small `expiry` index, never the records."""
         due = sorted((entry["at"], job_id, entry) for job_id, entry in self.expiry.items() if entry["at"] <= now)
-        return [ExpiredJob(job_id, entry["files"], tuple(entry["keys"])) for _, job_id, entry in due]
+        return [ExpiredJob(job_id, entry["files"], entry["inputs"], tuple(entry["keys"])) for _, job_id, entry in due]
 
     def delete(self, jobs: list[ExpiredJob]) -> None:
         """Each job's keys, then its index entry (so a failure part-way leaves it to the next sweep), with
         DELETE_THREADS jobs in flight at once: modal.Dict has no batch delete."""
         def forget(job: ExpiredJob) -> None:
-            for key in job.store_keys:
-                self.dict.pop(key, None)
-            self.expiry.pop(job.id, None)
+            try:
+                for key in job.store_keys:
+                    self.dict.pop(key, None)
+                self.expiry.pop(job.id, None)
+            except Exception:  # this one job is tried again next sweep; the others go on
+                log.warning("forgetting expired job %s failed", job.id, exc_info=True)
 
         with ThreadPoolExecutor(DELETE_THREADS, thread_name_prefix="sweep") as pool:
             list(pool.map(forget, jobs))

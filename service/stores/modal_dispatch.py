@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from service.jobs.errors import WorkerFailed
+from service.jobs.errors import CallStateUnknown, WorkerFailed
 from service.jobs.records import JobOutcome, JobRecord
 from service.jobs.waiting import run_blocking
 from service.stores.modal_dicts import CALL, DictRecords
@@ -25,14 +25,19 @@ TRANSPORT_RETRY_SECONDS = 1.0  # v1's wait on a call, after this client failed t
 
 
 def is_transport_error(exc: BaseException) -> bool:
-    """True when the exception says this client could not talk to Modal, not how the call ended."""
+    """True when the exception says this client could not talk to Modal, not how the call ended: a lost
+    connection, a closed client, a broken stream, or a gRPC status Modal's client itself retries (what it
+    raises as ServiceError or InternalError once its retries are spent). A remote exception of another kind,
+    or Modal refusing the request (not found, invalid, denied), is the call's outcome."""
     import grpclib
     import grpclib.exceptions
     import modal.exception
 
-    transport = (modal.exception.ConnectionError, modal.exception.ClientClosed, grpclib.GRPCError,
-                 grpclib.exceptions.StreamTerminatedError)
-    return isinstance(exc, transport)
+    transport = (modal.exception.ConnectionError, modal.exception.ClientClosed, modal.exception.ServiceError,
+                 modal.exception.InternalError, grpclib.exceptions.StreamTerminatedError)
+    retried = {grpclib.Status.UNAVAILABLE, grpclib.Status.DEADLINE_EXCEEDED, grpclib.Status.CANCELLED,
+               grpclib.Status.UNKNOWN, grpclib.Status.INTERNAL}
+    return isinstance(exc, transport) or (type(exc) is grpclib.GRPCError and exc.status in retried)
 
 
 def outcome_to_wire(outcome: JobOutcome | None) -> dict | None:
@@ -106,9 +111,7 @@ class ModalDispatcher:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             if is_transport_error(exc):
-                log.warning("job %s: cannot tell how its call stands (%s: %s); asking again next sweep",
-                            job_id, type(exc).__name__, exc)
-                return None
+                raise CallStateUnknown(f"{type(exc).__name__}: {exc}") from exc
             return describe_call_error(exc)
         return "the worker returned without finishing the job"
 

@@ -8,25 +8,26 @@ PREFIX = "inputs/"  # beside the results under S3_PREFIX; result keys start with
 
 
 class ObjectInputs:
-    """InputBlobs over a ResultStorage."""
+    """InputBlobs over a ResultStorage. The key holds a random token: with S3_PUBLIC_BASE_URL the bucket may be
+    readable by anyone with a URL, and a result's URL names its job."""
 
     def __init__(self, storage: ResultStorage):
         self.storage = storage
 
     @staticmethod
-    def _keys(job_id: str) -> tuple[str, str]:
-        return f"{PREFIX}{job_id}/image", f"{PREFIX}{job_id}/mask"
+    def _objects(key: str) -> tuple[str, str]:
+        return f"{PREFIX}{key}/image", f"{PREFIX}{key}/mask"
 
-    def put(self, job_id: str, image: bytes, mask: bytes) -> None:
-        for key, data in zip(self._keys(job_id), (image, mask)):
-            self.storage.put(key, data, "application/octet-stream")
+    def put(self, key: str, image: bytes, mask: bytes) -> None:
+        for name, data in zip(self._objects(key), (image, mask)):
+            self.storage.put(name, data, "application/octet-stream")
 
-    def get(self, job_id: str) -> tuple[bytes, bytes] | None:
+    def get(self, key: str) -> tuple[bytes, bytes] | None:
         try:
-            image, mask = (self.storage.read(key) for key in self._keys(job_id))
+            image, mask = (self.storage.read(name) for name in self._objects(key))
         except FileNotFoundError:
             return None
         return image, mask
 
-    def delete(self, job_ids: list[str]) -> None:
-        self.storage.delete([key for job_id in job_ids for key in self._keys(job_id)])
+    def delete(self, keys: list[str]) -> None:
+        self.storage.delete([name for key in keys for name in self._objects(key)])

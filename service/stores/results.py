@@ -128,11 +128,20 @@ class S3Storage:
         )
 
     def read(self, key: str) -> bytes:
-        """The object's bytes; FileNotFoundError when there is no such object (as LocalStorage.read)."""
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"].read()
-        except self.client.exceptions.NoSuchKey:
-            raise FileNotFoundError(f"s3://{self.bucket}/{self._object_key(key)}") from None
+        """The object's bytes, retried like a write; FileNotFoundError at once when there is no such object (as
+        LocalStorage.read)."""
+        where = f"s3://{self.bucket}/{self._object_key(key)}"
+
+        def get() -> bytes | None:
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"].read()
+            except self.client.exceptions.NoSuchKey:
+                return None
+
+        data = with_retries(get, f"reading {where}", attempts=self.retries)
+        if data is None:
+            raise FileNotFoundError(where)
+        return data
 
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):

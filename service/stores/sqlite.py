@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
 COUNT_UNFINISHED = "SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')"
+MAX_CLAIMED_ATTEMPTS = 3  # claims are `attempt<n>:<id>`; a job runs at most twice, a redispatch may claim a third
 
 
 @contextmanager
@@ -183,17 +184,22 @@ class SQLiteState:
         rows = self.db.select("SELECT id FROM jobs WHERE status = ? ORDER BY created_at", (status.value,))
         return [r[0] for r in rows]
 
+    def repair_finished(self, job_id: str) -> None:
+        """Nothing to do: a job's end is one transaction here, so unfinished_ids never lists a finished job."""
+
     def expired(self, now: float) -> list[ExpiredJob]:
         rows = self.db.select("SELECT doc FROM jobs WHERE expires_at <= ? AND status IN ('COMPLETED', 'FAILED') "
-                            "ORDER BY expires_at", (now,))
+                              "ORDER BY expires_at", (now,))
         records = [JobRecord.model_validate_json(r[0]) for r in rows]
-        return [ExpiredJob(r.id, [image.key for image in r.images]) for r in records]
+        return [ExpiredJob(r.id, [image.key for image in r.images], r.inputs_at) for r in records]
 
     def delete(self, jobs: list[ExpiredJob]) -> None:
+        """By primary key only (the writer lock is held for the whole batch), claims by their exact names."""
         def forget() -> None:
             for job in jobs:
                 self.db.writer.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
-                self.db.writer.execute("DELETE FROM claims WHERE name LIKE ?", (f"%:{job.id}",))
+                self.db.writer.executemany("DELETE FROM claims WHERE name = ?",
+                                           [(f"attempt{n}:{job.id}",) for n in range(1, MAX_CLAIMED_ATTEMPTS + 1)])
 
         self.db.transaction(forget)
 
@@ -211,7 +217,7 @@ class SQLiteState:
             new_doc, result = change(json.loads(row[0]) if row else None)
             if new_doc is not None:
                 self.db.writer.execute("INSERT OR REPLACE INTO state (name, doc) VALUES (?, ?)",
-                                 (name, json.dumps(new_doc)))
+                                       (name, json.dumps(new_doc)))
             return result
 
         return self.db.transaction(read_modify_write)
@@ -228,27 +234,27 @@ class FileInputs:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def _paths(self, job_id: str) -> tuple[Path, Path]:
-        return self.root / f"{job_id}.image", self.root / f"{job_id}.mask"
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        return self.root / f"{key}.image", self.root / f"{key}.mask"
 
-    def put(self, job_id: str, image: bytes, mask: bytes) -> None:
+    def put(self, key: str, image: bytes, mask: bytes) -> None:
         try:
-            for path, data in zip(self._paths(job_id), (image, mask)):
+            for path, data in zip(self._paths(key), (image, mask)):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
         except OSError as exc:
-            self.delete(job_id)
+            self.delete([key])
             raise StoreUnavailable(f"the input files under {self.root} cannot be written ({exc.strerror})") from exc
 
-    def get(self, job_id: str) -> tuple[bytes, bytes] | None:
-        image, mask = self._paths(job_id)
+    def get(self, key: str) -> tuple[bytes, bytes] | None:
+        image, mask = self._paths(key)
         try:
             return image.read_bytes(), mask.read_bytes()
         except FileNotFoundError:
             return None
 
-    def delete(self, job_ids: list[str]) -> None:
-        for job_id in job_ids:
-            for path in self._paths(job_id):
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            for path in self._paths(key):
                 path.unlink(missing_ok=True)
