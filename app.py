@@ -236,13 +236,10 @@ class Inpainter:
         self.cold_start = time.perf_counter() - started
 
     def _prepare_gpu(self, settings: Settings) -> None:
-        """The model to the GPU and, with TORCH_COMPILE, compiled by one warm-up job whose attempt is recorded on
-        the compile-cache Volume: a warm-up Modal killed at the start-up limit is not tried again
-        (inference/compile_warmup.py)."""
-        from PIL import Image
-
+        """The model to the GPU; with TORCH_COMPILE, compiled by one warm-up job whose attempt is recorded on the
+        compile-cache Volume (a warm-up Modal killed at the start-up limit is not tried again:
+        inference/compile_warmup.py); with CUDA_GRAPHS, the 512x512 graph captured by that job."""
         from inference.compile_warmup import WarmupRecord, warm_up
-        from schemas import InpaintParams
 
         record = WarmupRecord(Path(COMPILE_CACHE), {"gpu": cfg.gpu, "weights": current_weights_dir().name,
                                                     "startup_timeout": cfg.startup_timeout})
@@ -254,15 +251,14 @@ class Inpainter:
         self.model.compile_unet = compile_unet
         self.model.to("cuda")
         if compile_unet:
-            blank = Image.new("RGB", (512, 512))
             try:
-                seconds = warm_up(lambda: self.model.run(InpaintParams(prompt="warm-up"), blank,
-                                                         Image.new("L", (512, 512), 255)),
-                                  record, compile_cache.commit)
+                seconds = warm_up(self.model.warm_up, record, compile_cache.commit)
                 print(f"torch.compile warm-up took {seconds:.1f}s")
             except Exception as exc:  # a compile error must not stop the container: it serves uncompiled
                 print(f"torch.compile warm-up failed ({type(exc).__name__}: {exc}); serving without it")
                 self.model.uncompile()
+        elif settings.cuda_graphs:  # the common shape's graph captured now, not on the first request
+            print(f"warm-up with CUDA graphs took {self.model.warm_up():.1f}s")
 
     def _run(self, job_ids: list[str]) -> list[dict | None]:
         from service.jobs.worker import run_jobs

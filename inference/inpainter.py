@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from inference.compose import prepare
+from inference.cuda_graphs import use_cuda_graphs
 from inference.pipeline import load_pipeline, optimize_for_gpu
 from inference.schedulers import SchedulerCache
 from schemas import InpaintParams, batch_key
@@ -53,13 +54,16 @@ class Inpainter:
         dtype: torch.dtype | None = None,
         safety_checker: bool = True,
         compile_unet: bool = False,
+        cuda_graphs: bool = False,
         feather_px: int = 4,
     ):
         self.model_dir = Path(model_dir)
         self.compile_unet = compile_unet
+        self.cuda_graphs = cuda_graphs
         self.pipe = load_pipeline(model_dir, device=device, dtype=dtype, safety_checker=safety_checker,
                                   compile_unet=compile_unet)
         self.device = str(self.pipe.device)
+        self._use_graphs()
         self.feather_px = feather_px
         self.schedulers = SchedulerCache(self.pipe.scheduler.config)
         self._lock = threading.Lock()
@@ -68,7 +72,7 @@ class Inpainter:
     def from_settings(cls, settings, model_dir: str | Path | None = None, **overrides) -> "Inpainter":
         """The model with what both servers take from their settings (SAFETY_CHECKER, TORCH_COMPILE, FEATHER_PX)."""
         options = dict(safety_checker=settings.safety_checker, compile_unet=settings.torch_compile,
-                       feather_px=settings.feather_px)
+                       cuda_graphs=settings.cuda_graphs, feather_px=settings.feather_px)
         return cls(model_dir or settings.model_dir, **(options | overrides))
 
     def to(self, device: str) -> "Inpainter":
@@ -77,12 +81,28 @@ class Inpainter:
         if self.compile_unet and device.startswith("cuda"):
             optimize_for_gpu(self.pipe)
         self.device = str(self.pipe.device)
+        self._use_graphs()
         return self
+
+    def _use_graphs(self) -> None:
+        """CUDA graphs for the UNet when asked for, on CUDA, and not compiled (compiled code is not graphed)."""
+        if self.cuda_graphs and not self.compile_unet and self.device.startswith("cuda"):
+            use_cuda_graphs(self.pipe.unet)
+
+    def warm_up(self) -> float:
+        """One 512x512 job, so that what a first request would wait for (CUDA's and cuDNN's set-up, the CUDA
+        graph or torch.compile of the common shape) happens now. Returns its seconds."""
+        started = time.perf_counter()
+        self.run(InpaintParams(prompt="warm-up", seed=0), Image.new("RGB", (512, 512)), Image.new("L", (512, 512), 255))
+        seconds = time.perf_counter() - started
+        log.info("warm-up job on %s took %.2fs", self.device, seconds)
+        return seconds
 
     def uncompile(self) -> None:
         """Back to the eager UNet after torch.compile failed (the fused projections and memory format stay)."""
         self.pipe.unet = getattr(self.pipe.unet, "_orig_mod", self.pipe.unet)
         self.compile_unet = False
+        self._use_graphs()
 
     def run(
         self,

@@ -63,7 +63,10 @@ def model_loader(settings: Settings):
     def load():
         from inference import Inpainter
 
-        return Inpainter.from_settings(settings)
+        model = Inpainter.from_settings(settings)
+        if model.device.startswith("cuda"):  # while /health says "loading", not on the first request
+            model.warm_up()
+        return model
 
     return load
 

@@ -82,7 +82,7 @@ def build_modal(settings: Settings, dicts: dict[str, Any], spawn: Callable[[str]
     from service.stores.object_inputs import ObjectInputs
 
     records = DictRecords(dicts["records"], dicts["active"], dicts["expiry"])
-    dispatcher = ModalDispatcher(records, spawn, call_from_id, gpu, batched=settings.batch_max_images > 1)
+    dispatcher = ModalDispatcher(records, spawn, call_from_id, gpu, batched=(settings.batch_max_images or 1) > 1)
     storage = make_storage(settings)
     jobs = JobService(settings, records, ObjectInputs(storage), DictCounters(dicts["counters"]), storage,
                       dispatcher, on_terminal=on_terminal)

@@ -114,11 +114,15 @@ class Settings(BaseSettings):
     # On shutdown, how long to let a running job finish; an unfinished one is retried at the next start.
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     safety_checker: bool = True
-    torch_compile: bool = False  # channels_last + fused QKV + torch.compile of the UNet (CUDA only)
+    torch_compile: bool = False  # channels_last + fused QKV + torch.compile of the UNet (CUDA only; no autotune)
+    # The UNet replayed from CUDA graphs, one per input shape (inference/cuda_graphs.py; CUDA only, not with
+    # TORCH_COMPILE): removes the per-kernel launch cost that dominates at one image per call on a fast GPU.
+    cuda_graphs: bool = False
     feather_px: int = Field(4, ge=0, le=64)
     # Dynamic batching: up to this many single-image jobs of the same size, steps, scheduler, strength and
-    # guidance share one pipeline call; the worker waits at most batch_wait_ms for company. 1 = off.
-    batch_max_images: int = Field(1, ge=1, le=16)
+    # guidance share one pipeline call; the worker waits at most batch_wait_ms for company. 1 = off. Unset:
+    # GPU_BATCH_MAX_IMAGES on a GPU, where it pays, and off on CPU, where it does not.
+    batch_max_images: int | None = Field(None, ge=1, le=16)
     batch_wait_ms: float = Field(10.0, ge=0, le=1000)
     # The GPU this deployment pays for (a Modal GPU type such as L4 or H100): prices each job's GPU seconds
     # in metrics.cost_usd (prices in service/pricing.py; override with GPU_PRICE_PER_SECOND). Unset: no cost.
@@ -175,6 +179,10 @@ class Settings(BaseSettings):
         return "tiny random-weight demo model (paints noise)" if self.demo else REAL_MODEL_NAME
 
 
+# Dynamic batching's default on a GPU: 8 single-image jobs per pipeline call (one H200 served 3.5x the images per
+# second with 8 clients, batching on against off). On CPU it does not pay (docs/PERFORMANCE.md).
+GPU_BATCH_MAX_IMAGES = 8
+
 # What Modal's `gpu=` accepts (modal.com/docs/guide/gpu; case does not matter). Modal's client does not check
 # the name, so a typo would deploy and then fail every container.
 MODAL_GPU_TYPES = ("T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB", "RTX-PRO-6000", "H100",
@@ -210,8 +218,8 @@ class DeployConfig(BaseSettings):
     s3_secret: str = "inpaint-s3"
     webhook_secret: str = "inpaint-webhooks"
     sweep_minutes: int = Field(5, ge=1)
-    # Dynamic batching on the GPU class (modal.batched): off (1) until a GPU measurement shows it pays.
-    batch_max_images: int = Field(1, ge=1, le=16)
+    # Dynamic batching on the GPU class (modal.batched); 1 = off.
+    batch_max_images: int = Field(GPU_BATCH_MAX_IMAGES, ge=1, le=16)
     batch_wait_ms: int = Field(10, ge=0, le=1000)
 
     @field_validator("gpu")

@@ -76,7 +76,7 @@ def test_app_layout_and_knobs(recorded_app):
     gpu = recorded["Inpainter"]
     assert gpu["gpu"] == "A10G"
     assert (gpu["min_containers"], gpu["max_containers"], gpu["buffer_containers"]) == (0, 7, 1)
-    assert gpu["scaledown_window"] == 45 and gpu["timeout"] == 300
+    assert gpu["scaledown_window"] == 45 and gpu["timeout"] == module.GPU_CALL_TIMEOUT == 2 * 300 * 8
     assert gpu["startup_timeout"] == 900  # set, never the implicit `timeout`: it covers a compile warm-up
     weights_mount = synchronizer._translate_in(gpu["volumes"]["/weights"])
     assert weights_mount._mount_options.read_only and not weights_mount._read_only  # not the deprecated read_only()
@@ -200,7 +200,7 @@ def test_inpainter_run_local_end_to_end(recorded_app, monkeypatch, tiny_model_di
     jobs.records.create(JobRecord(id="j1", owner="o", params={"prompt": "a chair", "seed": 5}, created_at=now,
                                   expires_at=now + 60))
     jobs.inputs.put("j1", png_bytes(gradient_image()), png_bytes(box_mask()))
-    result = module.Inpainter().run.local("j1")
+    [result] = module.Inpainter().run.local(["j1"])  # batched by default: a list of jobs per call
     assert result["record"]["status"] == "COMPLETED" and result["record"]["seeds"] == [5]
     assert jobs.records.get("j1").status == JobStatus.COMPLETED and jobs.inputs.get("j1") is None
     key = result["record"]["images"][0]["key"]
@@ -235,11 +235,13 @@ def run_method_params(module):
     return raw.params.batch_max_size, raw.params.batch_wait_ms
 
 
-def test_batching_is_off_by_default_and_run_is_a_plain_method(recorded_app):
+def test_batching_is_on_by_default_and_one_turns_it_off(recorded_app, monkeypatch):
     module, _ = recorded_app
-    assert run_method_params(module) == (None, None)
-    assert module.runtime_env["BATCH_MAX_IMAGES"] == "1"
+    assert run_method_params(module) == (8, 10)  # what the embedded server does on a GPU, too
+    assert module.runtime_env["BATCH_MAX_IMAGES"] == "8"
     assert module.runtime_env["GPU_TYPE"] == "A10G"  # prices metrics.cost_usd
+    unbatched = import_app(monkeypatch, INPAINT_BATCH_MAX_IMAGES="1")
+    assert run_method_params(unbatched) == (None, None) and unbatched.GPU_CALL_TIMEOUT == unbatched.cfg.timeout
 
 
 def test_batching_knob_makes_run_a_modal_batched_method_that_runs_jobs_together(monkeypatch, tiny_model_dir,
@@ -418,10 +420,11 @@ class FakeModel:
         self.device = device
         return self
 
-    def run(self, *args, **kwargs):
+    def warm_up(self):
         self.runs += 1
         if self.fail_warm_up:
             raise RuntimeError("inductor crashed")
+        return 0.1
 
     def uncompile(self):
         self.uncompiled, self.compile_unet = True, False
@@ -459,7 +462,15 @@ def test_without_gpu_snapshots_the_model_moves_after_the_restore(monkeypatch, tm
     container.load()
     assert model.moves == [("cpu", False)]
     container.connect()
-    assert model.moves[-1] == ("cuda", False) and model.runs == 0  # no warm-up without TORCH_COMPILE
+    assert model.moves[-1] == ("cuda", False) and model.runs == 0  # no warm-up without TORCH_COMPILE or CUDA_GRAPHS
+
+
+def test_with_cuda_graphs_the_common_shape_is_captured_at_start(monkeypatch, tmp_path):
+    model = FakeModel()
+    _, container = gpu_class(monkeypatch, tmp_path, model, CUDA_GRAPHS="1")
+    container.load()
+    container.connect()
+    assert model.moves[-1] == ("cuda", False) and model.runs == 1
 
 
 def test_a_failed_compile_warm_up_serves_uncompiled_and_later_containers_do_not_compile(monkeypatch, tmp_path):

@@ -8,6 +8,7 @@ import time
 from typing import Any, Callable
 
 from schemas import JobStatus
+from service.config import GPU_BATCH_MAX_IMAGES
 from service.jobs.errors import StoreUnavailable
 from service.jobs.failures import Failure
 from service.jobs.records import JobOutcome
@@ -69,11 +70,11 @@ class EmbeddedDispatcher:
     """One job (or one batch) at a time per model instance."""
 
     def __init__(self, inpainter_factory: Callable[[], Any], shutdown_grace: float = 10.0,
-                 job_timeout: float = 600.0, batch_max_images: int = 1, batch_wait_ms: float = 10.0):
+                 job_timeout: float = 600.0, batch_max_images: int | None = 1, batch_wait_ms: float = 10.0):
         self.inpainter_factory = inpainter_factory
         self.shutdown_grace = shutdown_grace
         self.job_timeout = job_timeout
-        self.batch_max_images = batch_max_images
+        self.batch_max_images = batch_max_images  # None: decided by the device once the model is loaded
         self.batch_wait = batch_wait_ms / 1000
         self.jobs: JobService | None = None  # set by bind(): the service and its dispatcher refer to each other
         self.handover: OutcomeHandover | None = None
@@ -136,6 +137,10 @@ class EmbeddedDispatcher:
             self.inpainter = self.inpainter_factory()
             self._load_seconds = time.monotonic() - started
             self.device = getattr(self.inpainter, "device", None)
+            if self.batch_max_images is None:
+                on_gpu = str(self.device).startswith("cuda")
+                self.batch_max_images = GPU_BATCH_MAX_IMAGES if on_gpu else 1
+                log.info("dynamic batching: up to %d image(s) per call on %s", self.batch_max_images, self.device)
             self.state = "ready"
             return True
         except Exception as exc:
