@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-RESULTS_DIR = Path("bench-results")
+RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR", "bench-results"))  # e.g. $OUT on a lent GPU machine
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -56,9 +56,10 @@ def free_port() -> int:
 
 
 class DemoServer:
-    """`python -m service --demo` in its own process on a free loopback port, with a throwaway STATE_DIR."""
+    """`python -m service --demo` (or, with demo=False, `python -m service` on MODEL_DIR from extra_env) in its own
+    process on a free loopback port, with a throwaway STATE_DIR."""
 
-    def __init__(self, key: str = "bench-key", extra_env: dict | None = None):
+    def __init__(self, key: str = "bench-key", extra_env: dict | None = None, demo: bool = True):
         self.key = key
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -66,8 +67,8 @@ class DemoServer:
         env = {**os.environ, "PORT": str(self.port), "API_KEYS": key, "STATE_DIR": self.state,
                **(extra_env or {})}
         self.log = open(Path(self.state) / "server.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service", "--demo"], env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "service", *(["--demo"] if demo else [])], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

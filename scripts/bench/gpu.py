@@ -1,16 +1,19 @@
 """GPU latency and $/image of the full-size SD1.5-inpainting pipeline (random weights: weights don't change speed).
 
-    python -m scripts.bench.gpu [--modes eager,compile] [--sizes 512,768] [--batches 1,2,4,8]
-                                [--steps 20] [--runs 10] [--warmup 2] [--price-per-second P]
+    python -m scripts.bench.gpu [--modes eager,graphs] [--sizes 512,768] [--batches 1,4,8]
+                                [--steps 25] [--runs 6] [--warmup 2] [--price-per-second P]
+                                [--serve-clients 8] [--no-serve] [--no-restore]
 
-Needs CUDA; exits 2 with a message otherwise. Method:
-- Every mode (eager = PyTorch SDPA; compile = torch.compile + channels_last + fused QKV, the
-  production path of inference/pipeline.py) is loaded side by side, and each mode's attention
-  processors are checked after loading: a mode that silently did not take effect is reported as
-  unavailable, never timed under the wrong name.
-- Per (size, batch): `--warmup` untimed calls per mode (the first one compiles, timed apart as
-  compile_seconds), then `--runs` rounds that run every mode once in a rotating order, so drift
-  (clocks, thermals) hits all modes alike. CUDA is synchronised around each call. p50 and p90.
+Needs CUDA; exits 2 with a message otherwise. The default run is sized for about 6 minutes on one fast GPU.
+Method:
+- Every mode (eager = PyTorch SDPA; graphs = the UNet replayed from CUDA graphs, CUDA_GRAPHS in production,
+  inference/cuda_graphs.py; compile = torch.compile + channels_last + fused QKV, TORCH_COMPILE) is loaded side
+  by side, and each mode is checked after loading (attention processors, the graphed or compiled UNet): a
+  mode that did not take effect is reported as unavailable, never timed under the wrong name.
+- Per (size, batch): `--warmup` untimed calls per mode (the first one captures graphs or compiles: timed as
+  first_call_seconds, the first image of a new shape), then `--runs` rounds that run every mode once in a
+  rotating order, so drift (clocks, thermals) hits all modes alike. CUDA is synchronised around each call.
+  p50 and p90.
 - torch.compile gets one static graph per shape (automatic dynamic shapes off, a recompile limit
   above the number of shapes), so compile rows compare like for like with eager.
 - The UNet's own time is taken with CUDA events in hooks around each UNet call; it/s and TFLOP/s
@@ -23,8 +26,11 @@ Needs CUDA; exits 2 with a message otherwise. Method:
 - $/1000 images = price of the detected GPU (service/pricing.py, or --price-per-second) x busy GPU
   seconds per image. Idle scale-down time and cold starts are not in it: feed the JSON to
   `python -m scripts.cost_sim --gpu-json bench-results/gpu.json` for that.
-- JSON (bench-results/gpu.json) is rewritten after every (size, batch), so a crash keeps what ran;
-  a failing row records its error and the run goes on.
+- Then, unless turned off: images/s through the embedded server (`python -m service` on the same weights,
+  --serve-clients concurrent v1 clients), dynamic batching off and on, with CUDA graphs; and a container's
+  start as Modal does it: load on CPU in fp16, move to CUDA, first image (with its graph capture), second.
+- JSON (bench-results/gpu.json) is rewritten after every row, so a crash keeps what ran; a failing row
+  records its error and the run goes on.
 """
 
 import argparse
@@ -34,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-EXPECTED_PROCESSOR = {"eager": "AttnProcessor2_0", "compile": "FusedAttnProcessor2_0"}
+EXPECTED_PROCESSOR = {"eager": "AttnProcessor2_0", "graphs": "AttnProcessor2_0", "compile": "FusedAttnProcessor2_0"}
 
 
 def build(model_dir: Path, mode: str, device: str, dtype):
@@ -53,6 +59,13 @@ def build(model_dir: Path, mode: str, device: str, dtype):
                 setattr(torch._dynamo.config, name, 64)
     pipe = load_pipeline(model_dir, device=device, dtype=dtype, safety_checker=False,
                          compile_unet=(mode == "compile"))
+    if mode == "graphs":
+        from inference.cuda_graphs import GraphedForward, use_cuda_graphs
+
+        if not device.startswith("cuda"):
+            raise RuntimeError("CUDA graphs only apply on CUDA (the mode did not take effect)")
+        use_cuda_graphs(pipe.unet)
+        assert isinstance(pipe.unet.forward, GraphedForward)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
     processors = sorted({type(p).__name__ for p in unet.attn_processors.values()})
@@ -210,13 +223,13 @@ def run_bench(model_dir: Path, modes: list[str], sizes: list[int], batches: list
         safety = safety_checker_seconds(device, dtype, batch, runs) if safety_checker else None
         samples = {mode: {"seconds": [], "unet": [], "extra": 0} for mode in pipes}
         errors = dict(failed)
-        compile_seconds = {}
+        first_call = {}
         for mode, (pipe, _, timer, _) in pipes.items():
             try:
                 for i in range(warmup):
                     elapsed, _, _ = timed(pipe, timer, device, size, steps, batch)
                     if i == 0:
-                        compile_seconds[mode] = round(elapsed, 2)
+                        first_call[mode] = round(elapsed, 2)
             except Exception as exc:
                 errors[mode] = f"warm-up failed: {type(exc).__name__}: {exc}"
         live = [m for m in pipes if m not in errors]
@@ -248,7 +261,7 @@ def run_bench(model_dir: Path, modes: list[str], sizes: list[int], batches: list
                 diff = float((lat - ref).abs().max()) if lat is not None and ref is not None else None
                 per_image = p50 / batch + (safety or 0.0)
                 row.update({
-                    "attention_processors": processors, "compile_seconds": compile_seconds.get(mode),
+                    "attention_processors": processors, "first_call_seconds": first_call.get(mode),
                     "seconds_p50": round(p50, 4), "seconds_p90": round(p90, 4),
                     "s_per_image_p50": round(p50 / batch, 4), "s_per_image_p90": round(p90 / batch, 4),
                     "unet_seconds_p50": round(unet_p50, 4), "unet_share": round(unet_p50 / p50, 3),
@@ -263,7 +276,7 @@ def run_bench(model_dir: Path, modes: list[str], sizes: list[int], batches: list
                     "latent_nan_count": int(lat.isnan().sum()) if lat is not None else None,
                 })
                 table.append([mode, f"{size}²", batch, row["s_per_image_p50"], row["s_per_image_p90"],
-                              row["unet_it_per_s"], row["unet_tflops"], row["peak_gib"], row["compile_seconds"],
+                              row["unet_it_per_s"], row["unet_tflops"], row["peak_gib"], row["first_call_seconds"],
                               row["usd_per_1000_images"], diff if diff is not None else "-", row["latent_nan_count"]])
             else:
                 table.append([mode, f"{size}²", batch, "error", row["error"], "", "", "", "", "", "", ""])
@@ -272,7 +285,7 @@ def run_bench(model_dir: Path, modes: list[str], sizes: list[int], batches: list
     print(f"\n{gpu}, DDIM {steps} steps, {report['dtype']}, p50/p90 of {runs} interleaved runs after {warmup} warm-up; "
           f"$ at {price}/s, busy GPU time incl. safety checker (no idle, no cold start)")
     print_table(["mode", "size", "batch", "s/img p50", "s/img p90", "UNet it/s", "UNet TFLOP/s", "peak GiB",
-                 "compile s", "$/1k img", "max latent diff", "NaN"], table)
+                 "first call s", "$/1k img", "max latent diff", "NaN"], table)
     return report
 
 
@@ -280,15 +293,93 @@ def ints(raw: str) -> list[int]:
     return [int(x) for x in raw.split(",") if x.strip()]
 
 
+def serving_rows(model_dir: Path, report: dict, clients: int, jobs: int, steps: int, size: int = 512,
+                 out_name: str = "gpu.json", demo: bool = False) -> list[dict]:
+    """Images/s through the embedded server on these weights, `clients` concurrent v1 clients sending `jobs`
+    requests each, dynamic batching off then on (the GPU default), CUDA graphs on. Each row goes into
+    report["serving"] and the JSON is rewritten."""
+    from scripts.bench.batching import round_trip
+    from scripts.bench.common import DemoServer, percentile, write_json
+    from service.config import GPU_BATCH_MAX_IMAGES
+    from tests.images import b64_png, box_mask, gradient_image
+
+    edge = size // 4
+    payload = {"image": b64_png(gradient_image(size, size)), "mask": b64_png(box_mask(size, size, (edge, edge,
+               3 * edge, 3 * edge))), "prompt": "a red armchair", "num_inference_steps": steps,
+               "img_width": size, "img_height": size, "seed": 1}
+    rows = report.setdefault("serving", [])
+    for label, batch in (("batching off", 1), ("batching on", GPU_BATCH_MAX_IMAGES)):
+        env = {"MODEL_DIR": str(model_dir), "SAFETY_CHECKER": "false", "BATCH_MAX_IMAGES": str(batch),
+               "CUDA_GRAPHS": "true"}
+        row = {"mode": label, "batch_max_images": batch, "clients": clients, "jobs_per_client": jobs, "size": size,
+               "steps": steps}
+        server = DemoServer(extra_env=env, demo=demo)
+        try:
+            server.wait_ready(timeout=600)
+            result = round_trip(server, clients, jobs, payload)
+            row.update({"images_per_s": round(result["jobs_per_s"], 3),
+                        "latency_p50_s": round(percentile(result["latencies"], 50), 3),
+                        "lone_request_p50_s": round(percentile(result["single_latencies"], 50), 3),
+                        "mean_batch_size": round(sum(result["batch_sizes"]) / len(result["batch_sizes"]), 2)})
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc} (server log: {server.log.name})"
+        finally:
+            server.stop()
+        rows.append(row)
+        print(f"serving, {label}: {row}")
+        write_json(out_name, report)
+    return rows
+
+
+def restore_row(model_dir: Path, report: dict, steps: int, device: str = "cuda", dtype=None,
+                out_name: str = "gpu.json") -> dict:
+    """A GPU container's start as Modal runs it: the fp16 weights loaded on CPU (the memory snapshot phase), moved
+    to the GPU (after the restore), then the first image (CUDA's set-up and the graph capture) and a second."""
+    import torch
+
+    from inference import Inpainter
+    from schemas import InpaintParams
+    from scripts.bench.common import write_json
+    from tests.images import box_mask, gradient_image
+
+    def synced(action) -> float:
+        started = time.perf_counter()
+        action()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return round(time.perf_counter() - started, 3)
+
+    row: dict = {}
+    try:
+        holder = {}
+        row["load_on_cpu_s"] = synced(lambda: holder.update(model=Inpainter(
+            model_dir, device="cpu", dtype=dtype or torch.float16, safety_checker=False, cuda_graphs=True)))
+        model = holder["model"]
+        row["to_gpu_s"] = synced(lambda: model.to(device))
+        params = InpaintParams(prompt="a red armchair", seed=1, num_inference_steps=steps)
+        row["first_image_s"] = synced(lambda: model.run(params, gradient_image(), box_mask()))
+        row["second_image_s"] = synced(lambda: model.run(params, gradient_image(), box_mask()))
+    except Exception as exc:
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    report["restore"] = row
+    print(f"container start (load on CPU, to the GPU, first and second image): {row}")
+    write_json(out_name, report)
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "inpaint-full-size-random")
-    parser.add_argument("--modes", default="eager,compile")
+    parser.add_argument("--modes", default="eager,graphs")
     parser.add_argument("--sizes", default="512,768")
-    parser.add_argument("--batches", default="1,2,4,8")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--batches", default="1,4,8")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--serve-clients", type=int, default=8)
+    parser.add_argument("--serve-jobs", type=int, default=6, help="requests per client")
+    parser.add_argument("--no-serve", action="store_true", help="skip the embedded server's images/s")
+    parser.add_argument("--no-restore", action="store_true", help="skip the container-start timing")
     parser.add_argument("--price-per-second", type=float, default=None,
                         help="GPU $/s (default: the detected GPU's Modal list price from service/pricing.py)")
     args = parser.parse_args(argv)
@@ -313,8 +404,12 @@ def main(argv=None) -> int:
     if price is None:
         print(f"no list price for {gpu!r}: pass --price-per-second for the $ column")
     model_dir = make_full_size_model(args.model_dir)
-    run_bench(model_dir, modes, ints(args.sizes), ints(args.batches), args.steps, args.runs, args.warmup,
-              "cuda", torch.float16, gpu, gpu_type, price)
+    report = run_bench(model_dir, modes, ints(args.sizes), ints(args.batches), args.steps, args.runs, args.warmup,
+                       "cuda", torch.float16, gpu, gpu_type, price)
+    if not args.no_restore:
+        restore_row(model_dir, report, args.steps)
+    if not args.no_serve:
+        serving_rows(model_dir, report, args.serve_clients, args.serve_jobs, args.steps)
     return 0
 
 
