@@ -32,6 +32,7 @@ def test_bench_loop_on_cpu_records_rows_refuses_fallback_modes_and_feeds_the_sim
     # Both figures are rounded to 4 places independently, so compare within one unit of the last place.
     assert eager["s_per_image_p50"] == pytest.approx(eager["seconds_p50"] / 2, abs=1e-4)
     assert eager["max_abs_latent_diff_vs_eager"] == 0.0 and eager["latent_nan_count"] == 0
+    assert eager["same_latents_twice"] is True
     assert eager["unet_gflop_per_call_per_image"] > 0
     assert eager["usd_per_1000_images"] == pytest.approx(0.000222 * eager["seconds_p50"] / 2 * 1000, abs=1e-3)
     gpu_type, table = cost_sim.load_bench_json(tmp_path / "gpu.json", "eager", 64, steps=2)

@@ -19,8 +19,9 @@ Method:
 - The UNet's own time is taken with CUDA events in hooks around each UNet call; it/s and TFLOP/s
   use it, not the whole pipeline (text encoder, VAE, PIL). FLOPs per UNet call are counted by
   torch's FlopCounterMode at each latent size (CFG doubles the batch), not scaled by area.
-- Output agreement with eager: one extra same-seed run per mode returning latents (random weights
-  make decoded pixels meaningless and fp16 may overflow): max |latent - eager latent| and NaN count.
+- Output agreement with eager: two extra same-seed runs per mode returning latents (random weights
+  make decoded pixels meaningless and fp16 may overflow): max |latent - eager latent|, NaN count, and
+  whether the two runs gave the same latents.
 - The safety checker (off in these pipelines, on in production) is timed apart at each batch with a
   random full-size CLIP ViT-L/14 checker, and added to s/image for $/1000 images.
 - $/1000 images = price of the detected GPU (service/pricing.py, or --price-per-second) x busy GPU
@@ -246,11 +247,13 @@ def run_bench(model_dir: Path, modes: list[str], sizes: list[int], batches: list
                 s["seconds"].append(elapsed)
                 s["unet"].append(unet_s)
                 s["extra"] = max(s["extra"], extra)
-        latents = {}
+        latents, repeatable = {}, {}
         for mode in live:
             if mode not in errors:
                 with torch.no_grad():
                     latents[mode] = call(pipes[mode][0], device, size, steps, batch, output_type="latent").float()
+                    again = call(pipes[mode][0], device, size, steps, batch, output_type="latent").float()
+                repeatable[mode] = bool(torch.equal(latents[mode], again))  # same seeds, same latents
         for mode in modes:
             row = {"mode": mode, "size": size, "steps": steps, "batch": batch, "error": errors.get(mode)}
             if mode not in errors and mode in pipes and samples[mode]["seconds"]:
@@ -272,7 +275,7 @@ def run_bench(model_dir: Path, modes: list[str], sizes: list[int], batches: list
                     "peak_gib": round((wbytes + samples[mode]["extra"]) / 2**30, 2) if cuda else None,
                     "safety_checker_s_per_image": round(safety, 4) if safety is not None else None,
                     "usd_per_1000_images": round(price * per_image * 1000, 4) if price is not None else None,
-                    "max_abs_latent_diff_vs_eager": diff,
+                    "max_abs_latent_diff_vs_eager": diff, "same_latents_twice": repeatable.get(mode),
                     "latent_nan_count": int(lat.isnan().sum()) if lat is not None else None,
                 })
                 table.append([mode, f"{size}²", batch, row["s_per_image_p50"], row["s_per_image_p90"],
