@@ -106,3 +106,11 @@ def test_installed_once_and_removed_cleanly(model):
 def test_the_setting_does_nothing_on_cpu(tiny_model_dir):
     model = Inpainter(tiny_model_dir, cuda_graphs=True)
     assert model.device == "cpu" and not isinstance(model.pipe.unet.forward, GraphedForward)
+
+
+def test_the_warm_up_job_captures_what_a_default_request_replays(model):
+    use_cuda_graphs(model.pipe.unet, capture=StandInGraph)
+    assert model.warm_up() > 0
+    assert len(StandInGraph.captured) == 1
+    paint(model)  # a default 512x512 request: the graph is there already
+    assert len(StandInGraph.captured) == 1
