@@ -35,7 +35,9 @@ def test_env_var_overrides_in_both_formats_and_passed_overrides_win():
 @pytest.mark.parametrize("raw, problem", [
     ("L4", "is not GPU=price"),
     ("L4=cheap", "must be a number"),
-    ("L4=-1", "must be >= 0"),
+    ("L4=-1", "must be a finite number >= 0"),
+    ("L4=1e999", "must be a finite number >= 0"),  # float() reads it as infinity: every priced answer would fail
+    ('{"L4": NaN}', "must be a finite number >= 0"),
     ('{"L4": ', "not valid JSON"),
     ("[1, 2]", "is not GPU=price"),
 ])

@@ -19,6 +19,7 @@ or as `L4=0.0003,H100=0.0012`. Passed overrides win over the env var, which wins
 """
 
 import json
+import math
 import os
 from collections.abc import Mapping
 
@@ -91,8 +92,8 @@ def _price(gpu, value) -> float:
         price = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{ENV_VAR}: price for {gpu!s} must be a number of USD per second, got {value!r}") from None
-    if not price >= 0:  # also refuses NaN
-        raise ValueError(f"{ENV_VAR}: price for {gpu!s} must be >= 0, got {value!r}")
+    if not 0 <= price < math.inf:  # also refuses NaN, and 1e999, which float() reads as infinity
+        raise ValueError(f"{ENV_VAR}: price for {gpu!s} must be a finite number >= 0, got {value!r}")
     return price
 
 
