@@ -30,6 +30,7 @@ MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; more is refused rather than car
 MAX_MASK_PADDING = 1024
 MAX_MASK_GROW = 128
 MAX_MASK_BLUR = 64
+MAX_URL_CHARS = 2048  # what browsers and most servers take; a longer webhook_url is refused at submit
 
 
 class InpaintParams(BaseModel):
@@ -52,7 +53,9 @@ class InpaintParams(BaseModel):
     img_height: Literal[512, 768] = Field(512, description="Output height: 512 or 768.")
     base64: bool = Field(False, description="v1 only: answer JSON with base64 instead of image bytes.")
     output_format: Literal["jpeg", "png", "webp"] = Field("jpeg", description="Extension: output encoding.")
-    webhook_url: str | None = Field(None, description="Extension, v2: URL POSTed the final body.")
+    webhook_url: str | None = Field(None, max_length=MAX_URL_CHARS,
+                                    description=f"Extension, v2: URL POSTed the final body, at most {MAX_URL_CHARS} "
+                                                f"characters.")
     original_size: bool = Field(
         False, description="Extension: answer at the input's own size (after EXIF orientation) instead of "
                            "img_width x img_height. Without only_masked the whole image is fitted into "

@@ -119,6 +119,10 @@ def check_image(data: bytes, field: str, max_pixels: int, max_side: int = FetchL
         image.load()
     except Exception:
         raise BadInput(field, "image data is truncated or corrupt") from None
+    try:  # read now: the worker applies the EXIF orientation, and Pillow fails only the first read of a bad block
+        image.getexif()
+    except Exception:
+        raise BadInput(field, "image has a malformed EXIF block; save it again without its EXIF metadata") from None
     return image
 
 

@@ -68,8 +68,8 @@ class Admission:
             self.dispatcher.submit(record.id)
         except Exception as exc:
             log.exception("dispatching job %s failed", record.id)
+            # fail() gives back the credits and the day's images: the job never ran
             self.lifecycle.fail(record.id, Failure.UNAVAILABLE, f"the job could not be handed to a worker ({exc})")
-            refund_daily(self.counters, params.samples, settings.daily_image_cap)  # fail() gave the credits back
             raise NoWorker(f"no worker could take the job right now ({type(exc).__name__}); nothing was charged, "
                            f"retry shortly", retry_after=5) from None
         return record, left

@@ -13,7 +13,7 @@ from service.config import Settings
 from service.jobs import pricing
 from service.jobs.failures import Failure, refunded
 from service.jobs.handover import DecodedInputs
-from service.jobs.limits import add_usage, refund_credits
+from service.jobs.limits import add_usage, refund_credits, refund_daily
 from service.jobs.ports import Counters, Dispatcher, InputBlobs, JobRecords
 from service.jobs.records import JobOutcome, JobRecord
 from service.logs import log_event
@@ -151,6 +151,10 @@ class JobLifecycle:
             steps.append(("adding to the key's daily usage", lambda: add_usage(self.counters, record)))
         if record.status == JobStatus.FAILED and refunded(record.failure):
             steps.append(("giving back the credits", lambda: refund_credits(self.counters, record)))
+        if record.status == JobStatus.FAILED and record.gpu_seconds is None and record.started_at is None:
+            steps.append(("giving back the day's images (it never ran)",
+                          lambda: refund_daily(self.counters, record.samples, self.settings.daily_image_cap,
+                                               now=record.created_at)))
         if self.on_ended is not None:
             steps.append(("handing the outcome to its waiter", lambda: self.on_ended(outcome)))
         steps.append(("deleting the inputs", lambda: self.inputs.delete([record.inputs_at])))

@@ -81,7 +81,8 @@ def refund_credits(counters: Counters, record: JobRecord) -> None:
 
 
 def spend_daily(counters: Counters, images: int, cap: int, now: float | None = None) -> None:
-    """Global ceiling on images per UTC day (the hard cost cap). cap <= 0 turns it off. Not refunded."""
+    """Global ceiling on images per UTC day (the hard cost cap). cap <= 0 turns it off. It counts what runs: a job
+    that ends without having run (cancelled or expired while queued, never dispatched) gives its images back."""
     if cap <= 0:
         return
     now = time.time() if now is None else now
@@ -100,7 +101,8 @@ def spend_daily(counters: Counters, images: int, cap: int, now: float | None = N
 
 
 def refund_daily(counters: Counters, images: int, cap: int, now: float | None = None) -> None:
-    """Give back a day's images charged for a request that was then refused (queue full, no credits)."""
+    """Give back images charged to the day of `now` (a job's submission) for a request that was then refused, or
+    for a job that ended without running."""
     if cap <= 0:
         return
     counters.modify(f"daily:{_day(time.time() if now is None else now)}",
