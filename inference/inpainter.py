@@ -29,9 +29,10 @@ StepCallback = Callable[[int, int], None]
 class InpaintOutput:
     images: list[Image.Image]
     seeds: list[int]
-    inference_time: float
+    inference_time: float  # the pipeline call (shared by every request of a batch)
     steps_run: int
     blocked: list[bool] = field(default_factory=list)
+    own_time: float = 0.0  # this request's own work around the call: preparing its inputs, stitching its images
 
     @property
     def any_blocked(self) -> bool:
@@ -125,12 +126,14 @@ class Inpainter:
         if any(batch_key(params) != batch_key(first) for params, _, _ in items):
             raise ValueError("run_batch: the requests differ in size, steps, scheduler, strength or guidance")
         width, height = first.img_width, first.img_height
-        jobs, seeds = [], []
+        jobs, seeds, own = [], [], []
         for params, image, mask in items:
             feather_px = self.feather_px if params.mask_blur is None else params.mask_blur
+            started = time.perf_counter()
             jobs.append(prepare(image, mask, (width, height), original_size=params.original_size,
                                 only_masked=params.only_masked, padding=params.mask_padding,
                                 grow_px=params.mask_grow, feather_px=feather_px))
+            own.append(time.perf_counter() - started)
             seeds.append(sample_seeds(params.seed, params.samples))
         steps_run = 0
 
@@ -162,11 +165,13 @@ class Inpainter:
 
         flags = [bool(flag) for flag in (result.nsfw_content_detected or [False] * len(result.images))]
         outputs, at = [], 0
-        for (params, _, _), job, job_seeds in zip(items, jobs, seeds):
+        for (params, _, _), job, job_seeds, prepared in zip(items, jobs, seeds, own):
             generated, blocked = result.images[at:at + params.samples], flags[at:at + params.samples]
             at += params.samples
-            outputs.append(InpaintOutput(images=[job.stitch(g) for g in generated], seeds=job_seeds,
-                                         inference_time=elapsed, steps_run=steps_run, blocked=blocked))
+            started = time.perf_counter()
+            images = [job.stitch(g) for g in generated]
+            outputs.append(InpaintOutput(images=images, seeds=job_seeds, inference_time=elapsed, steps_run=steps_run,
+                                         blocked=blocked, own_time=prepared + time.perf_counter() - started))
             log.info("inpainted %dx%d (box %s of %dx%d, output %dx%d) samples=%d scheduler=%s steps=%d "
                      "batch=%d in %.3fs%s", width, height, job.box, *job.base.size, *job.output_size,
                      params.samples, params.scheduler, steps_run, len(items), elapsed,

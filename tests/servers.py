@@ -74,11 +74,18 @@ class SlowInpainter:
         self.inner, self.delay, self.gate = inner, delay, gate
         self.device = inner.device
 
-    def run(self, *args, **kwargs):
+    def _hold(self):
         if self.gate is not None:
             self.gate.wait(30)
         time.sleep(self.delay)
+
+    def run(self, *args, **kwargs):
+        self._hold()
         return self.inner.run(*args, **kwargs)
+
+    def run_batch(self, *args, **kwargs):
+        self._hold()
+        return self.inner.run_batch(*args, **kwargs)
 
 
 class StaticHost:

@@ -239,7 +239,7 @@ def test_a_queued_job_waiting_behind_an_earlier_group_is_not_reaped_as_lost(tmp_
     first, later = submit(jobs, seed=1), submit(jobs, seed=2, num_inference_steps=21)
     dispatcher = jobs.dispatcher
     dispatcher.start()
-    dispatcher._queue.put(None)  # after the two jobs: the worker thread ends once it has run them
+    dispatcher.queue.close()  # after the two jobs: the worker thread ends once it has run them
     dispatcher._thread.join(120)
     # An hour later the running job looks silent (its heartbeat is old) and is handed out again; the job
     # waiting for its own group is left alone, and runs once.

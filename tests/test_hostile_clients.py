@@ -3,12 +3,14 @@ before any GPU time."""
 
 import io
 import struct
+import time
 import zlib
 
 import pytest
 from PIL import Image
 
-from tests.images import b64_png, gradient_image
+from schemas import JobStatus
+from tests.images import gradient_image
 from tests.servers import KEY_A, KEY_B, SlowInpainter, api_server, make_settings
 from tests.test_hardening import client_for
 from tests.test_service import BODY, SLUG, wait_terminal
@@ -71,3 +73,118 @@ def test_an_overlong_webhook_url_is_a_400(tmp_path, tiny_model_dir, inpainter, l
         answer = client.post(f"/v2/{SLUG}", json={**BODY, "webhook_url": url})
         assert answer.status_code == 400 and answer.json()["field"] == "webhook_url"
         assert "2048" in answer.json()["error"]
+
+
+# ---- batching: each job is accounted for apart -------------------------------------------------------------
+
+def test_a_batch_mates_big_photo_is_not_billed_to_a_small_job(tmp_path, tiny_model_dir, inpainter):
+    """A job pays its share of the model call plus its own preparation, stitching and storing, never a
+    batch-mate's: a 4096x4096 original_size job with a wide grow and blur costs its owner, not the small job."""
+    from schemas import InpaintParams
+    from service.backend import build_embedded
+    from service.jobs.worker import run_jobs
+    from tests.images import box_mask, png_bytes
+
+    jobs = build_embedded(make_settings(tmp_path, tiny_model_dir, gpu_type="L4"), lambda: None).jobs
+
+    def submit(image, mask, **params):
+        record, _ = jobs.admission.admit("owner", InpaintParams(prompt="a chair", seed=1, **params),
+                                         png_bytes(image), png_bytes(mask), "http://x")
+        return record.id
+
+    small = submit(gradient_image(), box_mask())
+    big = submit(gradient_image(4096, 4096), box_mask(4096, 4096, (1024, 1024, 3072, 3072)), original_size=True,
+                 mask_grow=128, mask_blur=64)
+    outcomes = run_jobs([small, big], jobs, inpainter, max_images=4)
+    small_record, big_record = outcomes[small].record, outcomes[big].record
+    assert small_record.batch_size == big_record.batch_size == 2 and small_record.status == JobStatus.COMPLETED
+    call_share = small_record.inference_time / 2
+    # the small job's own work (a 512x512 paste-back and one JPEG) is a sliver of the big job's
+    assert small_record.gpu_seconds - call_share < (big_record.gpu_seconds - call_share) / 4
+    assert small_record.gpu_seconds < big_record.gpu_seconds
+
+
+def test_batch_mates_do_not_make_a_job_time_out(tmp_path, tiny_model_dir, inpainter):
+    """The job timeout applies to a job's share of a batched call's time (alone: all of it)."""
+    from schemas import InpaintParams
+    from service.backend import build_embedded
+    from service.jobs.worker import run_jobs
+    from tests.images import box_mask, png_bytes
+
+    class CostsPerImage:
+        """The real model, with each step costing 0.1 s per image of the call (as a GPU's compute does)."""
+
+        def run_batch(self, items, on_step=None):
+            images = sum(params.samples for params, _, _ in items)
+
+            def step(i, n):
+                time.sleep(0.1 * images)
+                on_step(i, n)
+            return inpainter.run_batch(items, on_step=step)
+
+    jobs = build_embedded(make_settings(tmp_path, tiny_model_dir), lambda: None).jobs
+    ids = [jobs.admission.admit("owner", InpaintParams(prompt="a chair", seed=s), png_bytes(gradient_image()),
+                                png_bytes(box_mask()), "http://x")[0].id for s in range(3)]
+    # 20 steps: alone about 2 s; the batch of 3 over 6 s, each job's share about 2 s
+    outcomes = run_jobs(ids, jobs, CostsPerImage(), timeout=4.0, max_images=4)
+    assert [o.record.batch_size for o in outcomes.values()] == [3, 3, 3]
+    assert all(o.record.status == JobStatus.COMPLETED for o in outcomes.values()), [o.record.error
+                                                                                   for o in outcomes.values()]
+
+
+def test_a_cancel_that_lands_after_the_last_step_still_cancels(tmp_path, tiny_model_dir, inpainter, monkeypatch):
+    """Answered CANCELLING while a batch-mate's images were being encoded: the job must end FAILED cancelled,
+    uncharged, as documented, not complete."""
+    from schemas import InpaintParams
+    from service.backend import build_embedded
+    from service.jobs import worker
+    from service.jobs.worker import run_jobs
+    from tests.images import box_mask, png_bytes
+
+    settings = make_settings(tmp_path, tiny_model_dir, key_credits=f"{KEY_A}=5")
+    jobs = build_embedded(settings, lambda: None).jobs
+    from service.jobs.identity import key_owner
+    from service.jobs.limits import remaining_credits
+
+    owner = key_owner(KEY_A)
+    ids = [jobs.admission.admit(owner, InpaintParams(prompt="a chair", seed=s), png_bytes(gradient_image()),
+                                png_bytes(box_mask()), "http://x")[0].id for s in (1, 2)]
+    encode = worker.encode_image
+    encoded = []
+
+    def encode_then_cancel_the_other(image, output_format):
+        encoded.append(1)
+        if len(encoded) == 1:  # the first job's image is being encoded: its batch-mate is cancelled now
+            answer = jobs.lifecycle.cancel(jobs.records.get(ids[1]))
+            assert answer.status == "CANCELLING"
+        return encode(image, output_format)
+
+    monkeypatch.setattr(worker, "encode_image", encode_then_cancel_the_other)
+    outcomes = run_jobs(ids, jobs, inpainter, max_images=2)
+    assert outcomes[ids[0]].record.status == JobStatus.COMPLETED
+    late = outcomes[ids[1]].record
+    assert late.status == JobStatus.FAILED and late.failure.value == "cancelled" and late.images == []
+    assert remaining_credits(jobs.counters, owner, 5) == 4  # only the completed job is charged
+    assert list((tmp_path / "results").rglob("*.jpeg")) == [tmp_path / "results" / outcomes[ids[0]].record.images[0].key]
+
+
+def test_jobs_cancelled_while_queued_take_no_seat_in_a_batch(tmp_path, tiny_model_dir, inpainter):
+    """3 of 7 compatible jobs cancelled while queued: the other 4 run as one batch of 4."""
+    import threading
+
+    from tests.test_batching import Hooked
+
+    gate = threading.Event()
+    model = Hooked(SlowInpainter(inpainter, gate=gate))
+    settings = make_settings(tmp_path, tiny_model_dir, batch_max_images=4, batch_wait_ms=100)
+    with api_server(settings, lambda: model) as srv, client_for(srv) as client:
+        holding = client.post(f"/v2/{SLUG}", json={**BODY, "num_inference_steps": 21}).json()["request_id"]
+        while client.get(f"/v2/requests/{holding}/status").json()["status"] != "PROCESSING":
+            client.get(f"/v2/requests/{holding}/status", params={"wait": 1})  # its round has started, alone
+        ids = [client.post(f"/v2/{SLUG}", json={**BODY, "seed": s}).json()["request_id"] for s in range(7)]
+        for job_id in ids[:3]:
+            assert client.post(f"/v2/requests/{job_id}/cancel").json()["status"] == "CANCELLED"
+        gate.set()
+        assert wait_terminal(client, holding)["status"] == "COMPLETED"
+        sizes = {wait_terminal(client, job_id)["metrics"]["batch_size"] for job_id in ids[3:]}
+    assert sizes == {4} and model.calls[-1] == 4

@@ -76,6 +76,10 @@ class JobLifecycle:
             log_event("job", request_id=job_id, status="PROCESSING", attempt=attempt)
         return started
 
+    def cancelled(self, job_id: str) -> bool:
+        """Has the job been cancelled (or ended by another party)? A fresh look, for just before its end."""
+        return job_id in self._cancelled_here or self.records.cancel_requested(job_id)
+
     def cancel_check(self, job_id: str) -> Callable[[], bool]:
         """A cheap `should_stop()` for every denoising step: this process's cancels at once, the store's
         flag (another container's cancel) at most every CANCEL_CHECK_INTERVAL seconds."""

@@ -27,12 +27,8 @@ CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 PROGRESS_WRITE_INTERVAL = 0.2  # seconds between progress writes to the job store
 
 
-class Cancelled(Exception):
-    """The job's owner cancelled it."""
-
-
-class TimedOut(Exception):
-    """The job ran past its execution timeout."""
+class AllEnded(Exception):
+    """Every job of a pipeline call has ended (cancelled, timed out): the call stops."""
 
 
 def encode_image(image: Image.Image, output_format: str) -> tuple[bytes, str]:
@@ -151,8 +147,10 @@ def _groups(waiting: list[tuple[str, InpaintParams | None]], max_images: int) ->
 
 def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: float,
                cold_start: float | None) -> None:
-    """One pipeline call for the group. Cancelling one job ends only that job (its images are dropped when the
-    call returns); the call stops early only when every job of the group has ended."""
+    """One pipeline call for the group. Each job is accounted for apart: it pays its share of the call (by image
+    count) plus its own preparation, stitching and storing; it times out when its share of the call's time passes
+    the job timeout (alone, the whole time); cancelling it ends only it (its images are dropped). The call stops
+    early only when every job of the group has ended."""
     run_started = time.monotonic()
     total_images = sum(job.params.samples for job in group)
     for job in group:
@@ -161,11 +159,11 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
     def live() -> list[_Job]:
         return [job for job in group if job.outcome is None]
 
-    def gpu_share(job: _Job, seconds: float) -> float:
+    def share(job: _Job, seconds: float) -> float:
         return seconds * job.params.samples / total_images
 
-    def end(job: _Job, failure: Failure, message: str, busy: float | None = None) -> None:
-        extra = jobs.lifecycle.usage_fields(gpu_share(job, busy), len(group), cold_start) if busy is not None else {}
+    def end(job: _Job, failure: Failure, message: str, gpu_seconds: float | None = None) -> None:
+        extra = {} if gpu_seconds is None else jobs.lifecycle.usage_fields(gpu_seconds, len(group), cold_start)
         job.outcome = JobOutcome(jobs.lifecycle.fail(job.id, failure, message, **extra) or jobs.records.get(job.id)
                                  or job.record)
 
@@ -173,11 +171,11 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
         now = time.monotonic()
         for job in live():
             if job.should_stop():
-                end(job, Failure.CANCELLED, "cancelled", busy=now - run_started)
+                end(job, Failure.CANCELLED, "cancelled", share(job, now - run_started))
+            elif share(job, now - run_started) > timeout:
+                end(job, Failure.TIMED_OUT, f"timed out after {timeout:g}s", share(job, now - run_started))
         if not live():
-            raise Cancelled()
-        if now - run_started > timeout:
-            raise TimedOut()
+            raise AllEnded()
         for job in live():
             # Every PROGRESS_WRITE_INTERVAL from the start, not at the first or last step: these writes fall
             # inside the model call's time, and completing the job records the final step anyway.
@@ -195,28 +193,25 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
         else:
             outputs = inpainter.run_batch([(job.params, job.image, job.mask) for job in group], on_step=on_step)
         in_call = False
-        busy = time.monotonic() - run_started
         for job, output in zip(group, outputs):
-            if job.outcome is not None:  # cancelled during the call: its images are dropped
+            if job.outcome is not None:  # cancelled or timed out during the call: its images are dropped
                 continue
+            used = share(job, output.inference_time) + output.own_time  # the call's share and its own work
             if output.any_blocked:
                 end(job, Failure.BLOCKED, f"content blocked by the safety checker "
-                                          f"({sum(output.blocked)} of {len(output.blocked)} images flagged)", busy)
+                                          f"({sum(output.blocked)} of {len(output.blocked)} images flagged)", used)
                 continue
             try:
-                job.outcome = _store_results(job, jobs, output, gpu_share(job, busy), len(group), cold_start)
+                job.outcome = _store_results(job, jobs, output, used, len(group), cold_start)
             except StorageError as exc:
-                end(job, Failure.STORAGE, f"storing the result failed: {exc}", busy)
+                end(job, Failure.STORAGE, f"storing the result failed: {exc}", used)
             except StoreUnavailable:
                 raise
             except Exception as exc:  # e.g. encoding: this job's failure only, its batch-mates are done or go on
                 log.exception("job %s: storing its result crashed", job.id)
-                end(job, Failure.INTERNAL, f"internal error while storing the result ({type(exc).__name__})", busy)
-    except Cancelled:
+                end(job, Failure.INTERNAL, f"internal error while storing the result ({type(exc).__name__})", used)
+    except AllEnded:
         pass  # every job of the group has ended already
-    except TimedOut:
-        for job in live():
-            end(job, Failure.TIMED_OUT, f"timed out after {timeout:g}s", time.monotonic() - run_started)
     except StoreUnavailable:
         raise  # the dispatcher keeps the jobs and retries once the store works again
     except Exception as exc:  # the pipeline call failed
@@ -240,10 +235,11 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
         raise
 
 
-def _store_results(job: _Job, jobs: JobService, output, call_share: float, batch_size: int,
+def _store_results(job: _Job, jobs: JobService, output, used: float, batch_size: int,
                    cold_start: float | None) -> JobOutcome | None:
-    """Encode and store the job's images, then complete it; its GPU seconds are its share of the model call
-    plus the time spent here."""
+    """Encode and store the job's images, then complete it, unless it was cancelled meanwhile (a cancel that
+    lands after the last denoising step still cancels: it is looked up just before the end). Its GPU seconds are
+    `used` (its share of the model call and its own work there) plus the time spent here."""
     started = time.monotonic()
     token = secrets.token_urlsafe(18)
     stored, files = [], []
@@ -254,7 +250,11 @@ def _store_results(job: _Job, jobs: JobService, output, call_share: float, batch
         jobs.storage.put(key, data, content_type)
         stored.append(StoredImage(key=key, content_type=content_type, file_size=len(data), seed=seed))
         files.append((data, content_type))
-    usage = jobs.lifecycle.usage_fields(call_share + time.monotonic() - started, batch_size, cold_start)
+    usage = jobs.lifecycle.usage_fields(used + time.monotonic() - started, batch_size, cold_start)
+    if jobs.lifecycle.cancelled(job.id):
+        jobs.storage.delete([s.key for s in stored])
+        return JobOutcome(jobs.lifecycle.fail(job.id, Failure.CANCELLED, "cancelled", **usage)
+                          or jobs.records.get(job.id) or job.record)
     done = jobs.lifecycle.complete(job.id, files=files, inference_time=output.inference_time, images=stored,
                                    seeds=output.seeds, progress_step=output.steps_run,
                                    progress_total=output.steps_run, **usage)

@@ -66,6 +66,53 @@ class OutcomeHandover:
                 self._outcomes.pop(job_id, None)
 
 
+class RoundQueue:
+    """The jobs waiting for this process's worker, in order, taken a round at a time: the first live job and,
+    with batching on, those queued behind it (at most `max_images` in all, waiting at most `wait` seconds for
+    company). Jobs that ended while queued (cancelled) are dropped as they come off, taking no seat. Whether a
+    round's jobs can share a call is run_jobs' business. `dispatched` holds when each waiting job was queued."""
+
+    def __init__(self, ended: Callable[[str], bool], wait: float):
+        self.ended, self.wait = ended, wait
+        self.dispatched: dict[str, float] = {}
+        self._queue: "queue.Queue[str | None]" = queue.Queue()
+
+    def put(self, job_id: str) -> None:
+        self.dispatched[job_id] = time.time()
+        self._queue.put(job_id)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def next_round(self, max_images: int) -> list[str] | None:
+        """The next round's job ids, blocking until there is one; None once closed."""
+        while (first := self._queue.get()) is not None:
+            if not self._dropped(first):
+                return [first, *self._company(max_images)]
+        return None
+
+    def _company(self, max_images: int) -> list[str]:
+        company: list[str] = []
+        deadline = time.monotonic() + self.wait
+        while len(company) + 1 < max_images:
+            try:
+                job_id = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if job_id is None:  # closing: leave the signal for next_round
+                self._queue.put(None)
+                break
+            if not self._dropped(job_id):
+                company.append(job_id)
+        return company
+
+    def _dropped(self, job_id: str) -> bool:
+        if self.ended(job_id):
+            self.dispatched.pop(job_id, None)
+            return True
+        return False
+
+
 class EmbeddedDispatcher:
     """One job (or one batch) at a time per model instance."""
 
@@ -75,15 +122,13 @@ class EmbeddedDispatcher:
         self.shutdown_grace = shutdown_grace
         self.job_timeout = job_timeout
         self.batch_max_images = batch_max_images  # None: decided by the device once the model is loaded
-        self.batch_wait = batch_wait_ms / 1000
+        self.queue = RoundQueue(lambda job_id: self.jobs.lifecycle.cancelled(job_id), batch_wait_ms / 1000)
         self.jobs: JobService | None = None  # set by bind(): the service and its dispatcher refer to each other
         self.handover: OutcomeHandover | None = None
         self.inpainter = None
         self.state = "loading"
         self.error: str | None = None
         self.device: str | None = None
-        self._queue: "queue.Queue[str | None]" = queue.Queue()
-        self._dispatched: dict[str, float] = {}
         self._load_seconds: float | None = None  # the model load the first jobs waited for (metrics)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,7 +144,7 @@ class EmbeddedDispatcher:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._queue.put(None)
+        self.queue.close()
         if self._thread:
             self._thread.join(self.shutdown_grace)
 
@@ -112,8 +157,7 @@ class EmbeddedDispatcher:
             self.submit(job_id)
 
     def submit(self, job_id: str) -> None:
-        self._dispatched[job_id] = time.time()
-        self._queue.put(job_id)
+        self.queue.put(job_id)
 
     redispatch = submit
 
@@ -121,10 +165,10 @@ class EmbeddedDispatcher:
         """Nothing to do: the worker checks the job's cancel flag before it starts and at every step."""
 
     def last_dispatch(self, job_id: str) -> float | None:
-        return self._dispatched.get(job_id)
+        return self.queue.dispatched.get(job_id)
 
     def call_state(self, job_id: str) -> str | None:
-        if job_id in self._dispatched:  # still waiting in this process's queue
+        if job_id in self.queue.dispatched:  # still waiting in this process's queue
             return None
         return "the worker stopped responding"  # taken by the worker thread, then silent: stuck or gone
 
@@ -155,14 +199,13 @@ class EmbeddedDispatcher:
         except Exception:  # e.g. a full disk: the lease reaper handles what is left once the store works
             log.exception("recovering the previous run's jobs failed; the housekeeping will retry them")
         loaded = self._load()
-        while (first := self._queue.get()) is not None:
-            job_ids = [first, *self._company()]
+        while (job_ids := self.queue.next_round(self.batch_max_images)) is not None:
             try:
                 if loaded:
                     self._run(job_ids)
                 else:
                     for job_id in job_ids:
-                        self._dispatched.pop(job_id, None)
+                        self.queue.dispatched.pop(job_id, None)
                         self.jobs.lifecycle.fail(job_id, Failure.UNAVAILABLE, self.error or "the model is unavailable")
             except StoreUnavailable as exc:  # e.g. disk full: keep the jobs, wait, try again
                 self.jobs.lifecycle.fault = str(exc)
@@ -179,7 +222,7 @@ class EmbeddedDispatcher:
         try:
             # A job stays "dispatched" (waiting here, not silent) until its group starts.
             outcomes = run_jobs(job_ids, self.jobs, self.inpainter, self.job_timeout, self.batch_max_images,
-                                self._load_seconds, on_start=lambda job_id: self._dispatched.pop(job_id, None))
+                                self._load_seconds, on_start=lambda job_id: self.queue.dispatched.pop(job_id, None))
             self._load_seconds = None  # only the first jobs waited for the load
             for outcome in outcomes.values():  # again: for a waiter that came after the job ended
                 if outcome is not None:
@@ -187,23 +230,7 @@ class EmbeddedDispatcher:
         finally:
             self.handover.running.difference_update(job_ids)
             for job_id in job_ids:
-                self._dispatched.pop(job_id, None)
+                self.queue.dispatched.pop(job_id, None)
                 # A waiter that checked while the job was running reads its record now (also when the round
                 # failed: its jobs are retried, or the waiter times out as it should).
                 self.jobs.changes.notify(job_id)
-
-    def _company(self) -> list[str]:
-        """With batching on: the jobs queued behind the first, up to batch_max_images in all, waiting at most
-        batch_wait seconds for more to arrive. Whether they can share a call is run_jobs' business."""
-        company: list[str] = []
-        deadline = time.monotonic() + self.batch_wait
-        while len(company) + 1 < self.batch_max_images:
-            try:
-                job_id = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if job_id is None:  # stopping: leave the signal for the loop
-                self._queue.put(None)
-                break
-            company.append(job_id)
-        return company
