@@ -324,7 +324,8 @@ def deliver_webhook(job_id: str):
         print(f"webhook for {job_id}: nothing to send (record gone, no URL, or WEBHOOK_SECRET unset)")
         return
     deliver(record.webhook_url, final_body(record, jobs.storage), f"msg_{job_id}", settings.webhook_secret,
-            settings.allow_private_urls, settings.webhook_attempts, settings.webhook_first_delay_seconds)
+            settings.allow_private_urls, settings.webhook_attempts, settings.webhook_first_delay_seconds,
+            settings.webhook_timeout_seconds)
 
 
 @app.function(image=download_image, volumes={WEIGHTS_ROOT: weights}, timeout=3600)

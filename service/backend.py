@@ -47,9 +47,10 @@ def build_embedded(settings: Settings, make_inpainter: Callable[[], Any]) -> Bac
     """SQLite records and counters, input files, local (or S3) results, an in-process worker and sweep.
     `make_inpainter` loads the model (called on the worker thread, so the server answers while it loads)."""
     from service.jobs.housekeeping import Sweeper
-    from service.jobs.webhooks import WebhookSender, new_secret
+    from service.jobs.webhook_sender import WebhookSender
+    from service.jobs.webhooks import new_secret
     from service.jobs.worker_thread import EmbeddedDispatcher
-    from service.stores.sqlite import FileInputs, SQLiteState
+    from service.stores.sqlite import FileInputs, SQLiteState, SQLiteWebhooks
 
     state_dir = Path(settings.state_dir)
     state = SQLiteState(state_dir / "jobs.sqlite3")
@@ -60,8 +61,9 @@ def build_embedded(settings: Settings, make_inpainter: Callable[[], Any]) -> Bac
                                     batch_max_images=settings.batch_max_images, batch_wait_ms=settings.batch_wait_ms)
     if not settings.webhook_secret:
         settings.webhook_secret = persisted_secret(settings, "webhook_secret", new_secret)
-    webhooks = WebhookSender(storage, settings.webhook_secret, settings.allow_private_urls,
-                             settings.webhook_attempts, settings.webhook_first_delay_seconds)
+    webhooks = WebhookSender(SQLiteWebhooks(state.db), state, storage, settings.webhook_secret,
+                             settings.allow_private_urls, settings.webhook_attempts,
+                             settings.webhook_first_delay_seconds, settings.webhook_timeout_seconds)
     jobs = JobService(settings, state, FileInputs(state_dir / "inputs"), state, storage, dispatcher,
                       changes=state.changes, on_terminal=webhooks.on_terminal, inline_reads=True,
                       hand_over_inputs=True)

@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     webhook_secret: str | None = None  # "whsec_<base64>"; generated into STATE_DIR when unset (embedded)
     webhook_attempts: int = Field(5, ge=1, le=20)
     webhook_first_delay_seconds: float = Field(1.0, ge=0)
+    webhook_timeout_seconds: float = Field(15.0, gt=0, le=120)  # one attempt, connecting to the answer's headers
 
     v1_timeout_seconds: float = Field(120.0, gt=0)
     # Threads for blocking store calls made on behalf of requests (0: Python's default, min(32, cores + 4)). On

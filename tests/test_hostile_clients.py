@@ -188,3 +188,150 @@ def test_jobs_cancelled_while_queued_take_no_seat_in_a_batch(tmp_path, tiny_mode
         assert wait_terminal(client, holding)["status"] == "COMPLETED"
         sizes = {wait_terminal(client, job_id)["metrics"]["batch_size"] for job_id in ids[3:]}
     assert sizes == {4} and model.calls[-1] == 4
+
+
+# ---- webhooks -------------------------------------------------------------------------------------------------
+
+class Trickler:
+    """A receiver that answers with a status line and then one byte every 0.5 s, forever: each read is quick, the
+    answer never ends."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
+        self.connections = 0
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn):
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while not self.stopped.wait(0.5):
+                    conn.sendall(b"a")
+            except OSError:
+                pass
+
+    def stop(self):
+        self.stopped.set()
+        self.server.close()
+
+
+def test_one_attempt_has_one_deadline_however_the_receiver_trickles():
+    import asyncio
+
+    from service.jobs.webhooks import attempt, new_secret
+
+    trickler = Trickler()
+    try:
+        started = time.monotonic()
+        failed = asyncio.run(attempt(trickler.url, b"{}", "msg_x", new_secret(), allow_private=True, deadline=1.5))
+        assert failed == "no answer within 1.5s" and time.monotonic() - started < 5
+    finally:
+        trickler.stop()
+
+
+def test_slow_receivers_of_one_key_do_not_hold_another_keys_webhook(tmp_path, tiny_model_dir, inpainter):
+    from service.jobs.webhooks import new_secret
+    from tests.test_extensions import Receiver
+
+    trickler, receiver = Trickler(), Receiver()
+    settings = make_settings(tmp_path, tiny_model_dir, allow_private_urls=True, webhook_secret=new_secret(),
+                             webhook_timeout_seconds=20, webhook_attempts=1)
+    try:
+        with api_server(settings, lambda: inpainter) as srv, client_for(srv) as a, client_for(srv, KEY_B) as b:
+            slow = [a.post(f"/v2/{SLUG}", json={**BODY, "webhook_url": trickler.url}).json()["request_id"]
+                    for _ in range(4)]
+            for request_id in slow:
+                wait_terminal(a, request_id)
+            request_id = b.post(f"/v2/{SLUG}", json={**BODY, "webhook_url": receiver.url}).json()["request_id"]
+            assert wait_terminal(b, request_id)["status"] == "COMPLETED"
+            ended = time.time()
+            (headers, _, received_at), = receiver.wait_for(1, timeout=15)
+            assert headers["webhook-id"] == f"msg_{request_id}" and received_at - ended < 10
+            assert trickler.connections <= 2  # key A holds at most two senders, however many it has pending
+    finally:
+        trickler.stop()
+
+
+def test_a_url_httpx_cannot_send_to_is_given_up_with_a_log_line(caplog):
+    import logging
+
+    from service.jobs.webhooks import deliver, new_secret
+
+    caplog.set_level(logging.INFO, logger="inpaint.events")
+    url = "http://example.com/" + "a" * 70_000  # over httpx's 65,536
+    assert deliver(url, {"status": "COMPLETED"}, "msg_long", new_secret(), attempts=3, first_delay=30) is False
+    lines = [r.getMessage() for r in caplog.records if '"event":"webhook"' in r.getMessage()]
+    assert len(lines) == 1 and '"final":true' in lines[0] and '"delivered":false' in lines[0]
+
+
+def test_a_webhook_waiting_for_its_retry_survives_a_restart(tmp_path, tiny_model_dir):
+    """SIGTERM while a delivery waits for its retry after a 500: the restarted server delivers it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import REPO
+    from tests.servers import free_port
+    from tests.test_extensions import Receiver
+
+    receiver, port = Receiver(fail_first=1), free_port()
+    env = {**{k: v for k, v in os.environ.items() if k not in ("API_KEYS", "STATE_DIR", "MODEL_DIR", "PORT")},
+           "PYTHONPATH": str(REPO), "STATE_DIR": str(tmp_path / "state"), "MODEL_DIR": str(tiny_model_dir),
+           "API_KEYS": KEY_A, "PORT": str(port), "ALLOW_PRIVATE_URLS": "1", "WEBHOOK_FIRST_DELAY_SECONDS": "4",
+           "SAFETY_CHECKER": "false"}
+    url = f"http://127.0.0.1:{port}"
+
+    def serve() -> subprocess.Popen:
+        log = open(tmp_path / "server.log", "a")
+        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=tmp_path, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).json()["status"] == "ok":
+                    return proc
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.1)
+        raise AssertionError("the server did not start")
+
+    first = serve()
+    try:
+        with httpx.Client(base_url=url, headers={"x-api-key": KEY_A}, timeout=60) as client:
+            request_id = client.post(f"/v2/{SLUG}", json={**BODY, "webhook_url": receiver.url}).json()["request_id"]
+            assert len(receiver.wait_for(1)) == 1  # the first attempt got a 500; the retry is due in 4 s
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)  # uvicorn shuts down cleanly, then ends by the signal it caught (exit -15)
+        assert "Application shutdown complete" in (tmp_path / "server.log").read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert len(receiver.received) == 1  # nothing was sent while the server was down
+    second = serve()
+    try:
+        received = receiver.wait_for(2, timeout=30)
+        assert len(received) == 2 and received[1][0]["webhook-id"] == f"msg_{request_id}"
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)

@@ -4,6 +4,7 @@ the implementations live in service/stores/ and only the composition root (servi
 - `JobRecords`: the records and their once-only transitions;
 - `InputBlobs`: the two input images of a job, written once at submit, deleted once at its end;
 - `Counters`: small named documents changed atomically (rate buckets, credits, the daily cap);
+- `PendingWebhooks`: webhook deliveries not yet ended (embedded; on Modal each is a function call);
 - `ResultStorage`: where result images go, and the URLs they are fetched from;
 - `Dispatcher`: how a stored job reaches a worker, and how its end is awaited.
 
@@ -14,7 +15,7 @@ service calls them from worker threads, never from the event loop.
 from typing import Any, Callable, Protocol, TypeVar
 
 from schemas import JobStatus
-from service.jobs.records import ExpiredJob, JobOutcome, JobRecord
+from service.jobs.records import ExpiredJob, JobOutcome, JobRecord, PendingWebhook
 
 T = TypeVar("T")
 
@@ -76,6 +77,20 @@ class InputBlobs(Protocol):
 class Counters(Protocol):
     def modify(self, name: str, change: Callable[[dict | None], tuple[dict | None, T]]) -> T:
         """Read-modify-write of the document `name`: change(old) -> (new or None to keep, result)."""
+
+
+class PendingWebhooks(Protocol):
+    """Webhook deliveries kept until they end (delivered or given up), so that a restart resumes them."""
+
+    def add(self, job_id: str, owner: str, url: str, at: float) -> None:
+        """A delivery due at `at` (once per job: adding it again changes nothing)."""
+
+    def due(self, now: float, limit: int) -> list[PendingWebhook]:
+        """Deliveries due by `now`, soonest first."""
+
+    def retry(self, job_id: str, attempts: int, at: float) -> None: ...
+
+    def done(self, job_id: str) -> None: ...
 
 
 class ResultStorage(Protocol):

@@ -112,6 +112,16 @@ class JobOutcome:
 
 
 @dataclass(frozen=True)
+class PendingWebhook:
+    """A finished job's webhook still to be delivered: attempts made so far, and when to try next."""
+    job_id: str
+    owner: str
+    url: str
+    attempts: int
+    next_at: float
+
+
+@dataclass(frozen=True)
 class ExpiredJob:
     """What the housekeeping needs of a finished job past its expiry to forget it."""
     id: str

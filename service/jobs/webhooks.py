@@ -1,14 +1,17 @@
-"""Signed webhooks (the Standard Webhooks scheme, as Replicate uses).
+"""Signed webhooks (the Standard Webhooks scheme, as Replicate uses), one attempt at a time.
 
 Each delivery is a POST of the job's final body with headers
   webhook-id:        msg_<request id> (the same on every retry, so receivers can dedupe)
   webhook-timestamp: unix seconds
   webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>
 where key is the base64-decoded part of the deployment secret after "whsec_".
-Delivery re-checks the URL against the SSRF rules, connects to the checked
-address, and retries non-2xx answers and network errors with exponential backoff.
+An attempt re-checks the URL against the SSRF rules, connects to the checked address, and has one overall
+deadline: a receiver that answers slowly, a byte at a time, cannot hold a sender longer than that. Only the
+status line and headers are read. Retries, with exponential backoff, are the caller's: `deliver` below (the
+Modal function), or the embedded server's durable sender (service/jobs/webhook_sender.py).
 """
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -16,18 +19,20 @@ import json
 import logging
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from service.jobs.bodies import final_body
 from service.jobs.errors import BadInput
-from service.jobs.records import JobRecord
-from service.logs import log_event, redact_url
-from service.jobs.ports import ResultStorage
 from service.jobs.safe_urls import check_url_shape, pinned_url, resolve_checked_sync
+from service.logs import log_event, redact_url
 
 log = logging.getLogger(__name__)
+
+ATTEMPT_SECONDS = 15.0  # one attempt, connecting to reading the answer's headers
+
+
+class Undeliverable(Exception):
+    """Retrying cannot help: the URL is refused by the SSRF guard or is not a URL httpx can send to."""
 
 
 def new_secret() -> str:
@@ -52,61 +57,62 @@ def verify(secret: str, headers: dict, body: bytes, tolerance: int = 300, now: f
     return any(hmac.compare_digest(expected, candidate) for candidate in headers["webhook-signature"].split())
 
 
-def deliver(url: str, body: dict, msg_id: str, secret: str, allow_private: bool = False,
-            attempts: int = 5, first_delay: float = 1.0, timeout: float = 10.0) -> bool:
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    delay = first_delay
-    for attempt in range(1, attempts + 1):
-        timestamp = int(time.time())
-        headers = {"content-type": "application/json", "webhook-id": msg_id,
-                   "webhook-timestamp": str(timestamp), "webhook-signature": sign(secret, msg_id, timestamp, payload)}
-        outcome = ""
-        try:
-            parts, port = check_url_shape(url, "webhook_url")
-            ip = resolve_checked_sync(parts.hostname, port, "webhook_url", allow_private)
+def payload_of(body: dict) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+async def attempt(url: str, payload: bytes, msg_id: str, secret: str, allow_private: bool,
+                  deadline: float = ATTEMPT_SECONDS) -> str | None:
+    """One signed POST. None when the receiver answered 2xx; else why not (retry later). Undeliverable when
+    retrying cannot help."""
+    timestamp = int(time.time())
+    headers = {"content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
+               "webhook-signature": sign(secret, msg_id, timestamp, payload)}
+    try:
+        parts, port = check_url_shape(url, "webhook_url")
+        async with asyncio.timeout(deadline):
+            ip = await asyncio.to_thread(resolve_checked_sync, parts.hostname, port, "webhook_url", allow_private)
             headers["host"] = parts.netloc.rsplit("@", 1)[-1]
-            with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-                response = client.post(pinned_url(parts, ip, port), content=payload, headers=headers,
-                                       extensions={"sni_hostname": parts.hostname})
-            if 200 <= response.status_code < 300:
-                log_event("webhook", webhook_id=msg_id, url=redact_url(url), status=response.status_code,
-                          attempt=attempt, delivered=True)
+            async with httpx.AsyncClient(timeout=deadline, follow_redirects=False, trust_env=False) as client:
+                async with client.stream("POST", pinned_url(parts, ip, port), content=payload, headers=headers,
+                                         extensions={"sni_hostname": parts.hostname}) as response:
+                    status = response.status_code  # the body is never read: nothing a receiver sends holds us
+    except BadInput as exc:
+        raise Undeliverable(exc.message) from None
+    except httpx.InvalidURL as exc:  # e.g. a URL longer than httpx takes
+        raise Undeliverable(f"not a URL that can be sent to ({exc})") from None
+    except TimeoutError:
+        return f"no answer within {deadline:g}s"
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return None if 200 <= status < 300 else f"HTTP {status}"
+
+
+def logged_attempt(url: str, payload: bytes, msg_id: str, secret: str, allow_private: bool, number: int,
+                   deadline: float = ATTEMPT_SECONDS) -> str | None:
+    """`attempt` run to its end on this thread, with its log line."""
+    try:
+        failed = asyncio.run(attempt(url, payload, msg_id, secret, allow_private, deadline))
+    except Undeliverable as exc:
+        log_event("webhook", webhook_id=msg_id, url=redact_url(url), attempt=number, delivered=False,
+                  error=str(exc), final=True)
+        raise
+    log_event("webhook", webhook_id=msg_id, url=redact_url(url), attempt=number, delivered=failed is None,
+              **({"error": failed} if failed else {}))
+    return failed
+
+
+def deliver(url: str, body: dict, msg_id: str, secret: str, allow_private: bool = False, attempts: int = 5,
+            first_delay: float = 1.0, deadline: float = ATTEMPT_SECONDS) -> bool:
+    """Up to `attempts` attempts with exponential backoff (Modal's deliver_webhook function)."""
+    payload, delay = payload_of(body), first_delay
+    for number in range(1, attempts + 1):
+        try:
+            if logged_attempt(url, payload, msg_id, secret, allow_private, number, deadline) is None:
                 return True
-            outcome = f"HTTP {response.status_code}"
-        except BadInput as exc:
-            log_event("webhook", webhook_id=msg_id, url=redact_url(url), delivered=False, error=exc.message)
-            return False  # refused by the SSRF guard: retrying will not help
-        except httpx.HTTPError as exc:
-            outcome = type(exc).__name__
-        log_event("webhook", webhook_id=msg_id, url=redact_url(url), attempt=attempt, delivered=False, error=outcome)
-        if attempt < attempts:
+        except Undeliverable:
+            return False
+        if number < attempts:
             time.sleep(delay)
             delay *= 2
     return False
-
-
-class WebhookSender:
-    """Delivers webhooks of finished jobs on background threads (embedded default)."""
-
-    def __init__(self, storage: ResultStorage, secret: str, allow_private: bool, attempts: int,
-                 first_delay: float):
-        self.storage, self.secret, self.allow_private = storage, secret, allow_private
-        self.attempts, self.first_delay = attempts, first_delay
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
-
-    def on_terminal(self, record: JobRecord) -> None:
-        if record.webhook_url:
-            try:
-                self.pool.submit(self.send, record)
-            except RuntimeError:  # shutting down: deliver on the caller's thread rather than drop it
-                self.send(record)
-
-    def send(self, record: JobRecord) -> bool:
-        return deliver(record.webhook_url, final_body(record, self.storage), f"msg_{record.id}", self.secret,
-                       self.allow_private, self.attempts, self.first_delay)
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=False)
-

@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 from schemas import JobStatus
 from service.jobs.changes import Changes
 from service.jobs.errors import StoreUnavailable
-from service.jobs.records import ExpiredJob, JobRecord, apply_changes
+from service.jobs.records import ExpiredJob, JobRecord, PendingWebhook, apply_changes
 
 T = TypeVar("T")
 
@@ -36,6 +36,9 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at);
 CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS webhooks (job_id TEXT PRIMARY KEY, owner TEXT NOT NULL, url TEXT NOT NULL,
+                                     attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (next_at);
 """
 COUNT_UNFINISHED = "SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')"
 MAX_CLAIMED_ATTEMPTS = 3  # claims are `attempt<n>:<id>`; a job runs at most twice, a redispatch may claim a third
@@ -224,6 +227,31 @@ class SQLiteState:
 
     def close(self) -> None:
         self.db.close()
+
+
+class SQLiteWebhooks:
+    """PendingWebhooks in the same database as the jobs."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def add(self, job_id: str, owner: str, url: str, at: float) -> None:
+        with self.db.writing() as db:
+            db.execute("INSERT OR IGNORE INTO webhooks (job_id, owner, url, next_at) VALUES (?, ?, ?, ?)",
+                       (job_id, owner, url, at))
+
+    def due(self, now: float, limit: int) -> list[PendingWebhook]:
+        rows = self.db.select("SELECT job_id, owner, url, attempts, next_at FROM webhooks WHERE next_at <= ? "
+                              "ORDER BY next_at LIMIT ?", (now, limit))
+        return [PendingWebhook(*row) for row in rows]
+
+    def retry(self, job_id: str, attempts: int, at: float) -> None:
+        with self.db.writing() as db:
+            db.execute("UPDATE webhooks SET attempts = ?, next_at = ? WHERE job_id = ?", (attempts, at, job_id))
+
+    def done(self, job_id: str) -> None:
+        with self.db.writing() as db:
+            db.execute("DELETE FROM webhooks WHERE job_id = ?", (job_id,))
 
 
 class FileInputs:
