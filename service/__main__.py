@@ -16,7 +16,7 @@ from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from service.http.app import create_app
-from service.backend import build_embedded, ensure_api_key
+from service.embedded import build_embedded, ensure_api_key
 from service.config import Settings, state_dir_problem
 from service.logs import configure_logging
 
@@ -55,20 +55,6 @@ def prepare_model(settings: Settings, demo: bool) -> None:
             f"`python -m weights.download {settings.model_dir}` and copy it here, "
             f"set MODEL_DIR to a directory that holds it, or run `make demo` for the tiny demo model."
         )
-
-
-def model_loader(settings: Settings):
-    """Loads the model when the worker thread calls it (torch is imported there, not at start-up)."""
-
-    def load():
-        from inference import Inpainter
-
-        model = Inpainter.from_settings(settings)
-        if model.device.startswith("cuda"):  # while /health says "loading", not on the first request
-            model.warm_up()
-        return model
-
-    return load
 
 
 def load_settings() -> Settings:
@@ -130,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     sock = bind(settings.host, settings.port)
     prepare_model(settings, args.demo)
     generated = ensure_api_key(settings)
-    app = create_app(build_embedded(settings, model_loader(settings)))
+    app = create_app(build_embedded(settings))  # the worker process loads the model
     url = settings.public_base_url or f"http://{settings.host}:{settings.port}"
     if generated:
         log.warning("no API_KEYS set: use this generated key (kept in %s/api_key): %s", settings.state_dir, generated)

@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     # Limits and budgets (state in the job store, so they hold across processes/containers)
     rate_limit_per_second: float = Field(10.0, ge=0)  # per key, submissions; 0 = off
     rate_limit_burst: int = Field(50, ge=1)
+    status_polls_per_second: float = Field(50.0, ge=0)  # per key and web process, status and result GETs; 0 = off
+    status_poll_burst: int = Field(100, ge=1)
     max_queue_depth: int = Field(1000, ge=0)  # jobs queued or running; 0 = off
     key_credits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)  # "key=images,key2=images"
     default_key_credits: int | None = Field(None, ge=0)  # budget for keys not in KEY_CREDITS; unset = unlimited

@@ -11,7 +11,7 @@ import uvicorn
 
 from service.config import Settings
 from service.http.app import create_app
-from service.backend import build_embedded
+from service.embedded import build_embedded
 
 KEY_A = "test-key-a"
 KEY_B = "test-key-b"

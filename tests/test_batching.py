@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from schemas import InpaintParams, JobStatus
-from service.backend import build_embedded
+from service.embedded import build_embedded
 from service.jobs.failures import Failure
 from service.jobs.worker import run_jobs
 from tests.images import box_mask, gradient_image, png_bytes

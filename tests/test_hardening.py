@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from schemas import JobStatus
-from service.backend import build_embedded
+from service.embedded import build_embedded
 from service.jobs.housekeeping import reap_stale
 from service.jobs.records import JobRecord
 from tests.conftest import REPO

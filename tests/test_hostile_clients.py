@@ -81,7 +81,7 @@ def test_a_batch_mates_big_photo_is_not_billed_to_a_small_job(tmp_path, tiny_mod
     """A job pays its share of the model call plus its own preparation, stitching and storing, never a
     batch-mate's: a 4096x4096 original_size job with a wide grow and blur costs its owner, not the small job."""
     from schemas import InpaintParams
-    from service.backend import build_embedded
+    from service.embedded import build_embedded
     from service.jobs.worker import run_jobs
     from tests.images import box_mask, png_bytes
 
@@ -107,7 +107,7 @@ def test_a_batch_mates_big_photo_is_not_billed_to_a_small_job(tmp_path, tiny_mod
 def test_batch_mates_do_not_make_a_job_time_out(tmp_path, tiny_model_dir, inpainter):
     """The job timeout applies to a job's share of a batched call's time (alone: all of it)."""
     from schemas import InpaintParams
-    from service.backend import build_embedded
+    from service.embedded import build_embedded
     from service.jobs.worker import run_jobs
     from tests.images import box_mask, png_bytes
 
@@ -136,7 +136,7 @@ def test_a_cancel_that_lands_after_the_last_step_still_cancels(tmp_path, tiny_mo
     """Answered CANCELLING while a batch-mate's images were being encoded: the job must end FAILED cancelled,
     uncharged, as documented, not complete."""
     from schemas import InpaintParams
-    from service.backend import build_embedded
+    from service.embedded import build_embedded
     from service.jobs import worker
     from service.jobs.worker import run_jobs
     from tests.images import box_mask, png_bytes
@@ -335,3 +335,18 @@ def test_a_webhook_waiting_for_its_retry_survives_a_restart(tmp_path, tiny_model
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(30)
+
+
+# ---- polling --------------------------------------------------------------------------------------------------
+
+def test_a_key_polling_in_a_tight_loop_is_limited_and_another_key_is_not(tmp_path, tiny_model_dir, inpainter):
+    settings = make_settings(tmp_path, tiny_model_dir, status_polls_per_second=5, status_poll_burst=5)
+    with api_server(settings, lambda: inpainter) as srv, client_for(srv) as a, client_for(srv, KEY_B) as b:
+        mine = a.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+        theirs = b.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+        answers = [a.get(f"/v2/requests/{mine}/status") for _ in range(20)]
+        refused = [r for r in answers if r.status_code == 429]
+        assert len(refused) >= 10 and "status polls" in refused[0].json()["error"]
+        assert int(refused[0].headers["Retry-After"]) >= 1
+        assert b.get(f"/v2/requests/{theirs}/status").status_code == 200  # the other key polls on
+        assert a.post(f"/v2/requests/{mine}/cancel").status_code == 200  # cancelling is never refused

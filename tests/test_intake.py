@@ -10,7 +10,7 @@ from PIL import Image
 
 import service.http.intake
 from service.http.app import create_app
-from service.backend import build_embedded
+from service.embedded import build_embedded
 from service.jobs.handover import DecodedInputs
 from tests.images import box_mask, gradient_image, png_bytes
 from tests.servers import KEY_A, ApiServer, SlowInpainter, StaticHost, free_port, make_settings

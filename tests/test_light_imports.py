@@ -9,7 +9,8 @@ from tests.conftest import REPO
 
 HEAVY = ("torch", "diffusers", "transformers", "accelerate")
 WEB = ("fastapi", "starlette", "uvicorn")
-BELOW_HTTP = ["service/jobs", "service/stores", "service/config.py", "service/logs.py", "service/backend.py"]
+BELOW_HTTP = ["service/jobs", "service/stores", "service/config.py", "service/logs.py", "service/backend.py",
+              "service/embedded.py", "service/worker_main.py"]
 MAX_CLASS_LINES = 150
 
 

@@ -9,7 +9,7 @@ import pytest
 from schemas import InpaintParams, JobStatus
 from service.http.app import create_app
 from service.jobs.identity import key_owner
-from service.backend import build_embedded
+from service.embedded import build_embedded
 from service.http.errors import FAILURE_STATUS, v1_status
 from service.jobs.failures import Failure, refunded
 from service.jobs.limits import remaining_credits

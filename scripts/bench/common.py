@@ -56,10 +56,11 @@ def free_port() -> int:
 
 
 class DemoServer:
-    """`python -m service --demo` (or, with demo=False, `python -m service` on MODEL_DIR from extra_env) in its own
-    process on a free loopback port, with a throwaway STATE_DIR."""
+    """`python -m service --demo` (or, with demo=False, `python -m service` on MODEL_DIR from extra_env; or another
+    server `module`) in its own process on a free loopback port, with a throwaway STATE_DIR."""
 
-    def __init__(self, key: str = "bench-key", extra_env: dict | None = None, demo: bool = True):
+    def __init__(self, key: str = "bench-key", extra_env: dict | None = None, demo: bool = True,
+                 module: str = "service"):
         self.key = key
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -67,8 +68,9 @@ class DemoServer:
         env = {**os.environ, "PORT": str(self.port), "API_KEYS": key, "STATE_DIR": self.state,
                **(extra_env or {})}
         self.log = open(Path(self.state) / "server.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service", *(["--demo"] if demo else [])], env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        demo_flag = ["--demo"] if demo and module == "service" else []
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *demo_flag], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from schemas import MODEL_SLUG
 from service.http.app import create_app
-from service.backend import build_embedded
+from service.embedded import build_embedded
 from service.config import Settings
 from service.http.inputs import FetchLimits, make_client
 from tests.images import b64_png, box_mask, gradient_image

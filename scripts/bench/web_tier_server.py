@@ -15,7 +15,7 @@ from pathlib import Path  # noqa: E402
 import uvicorn  # noqa: E402
 
 from service.http.app import create_app  # noqa: E402
-from service.backend import build_embedded  # noqa: E402
+from service.embedded import build_embedded  # noqa: E402
 from service.config import Settings  # noqa: E402
 
 

@@ -11,6 +11,7 @@ from service.http.access_log import AccessLog
 from service.http.docs_ui import install_docs
 from service.http.errors import install_error_handlers
 from service.http.inputs import FetchLimits, make_client
+from service.http.poll_limit import PollLimiter
 from service.http.routes import extras, v1, v2
 from service.stores.results import LocalStorage
 
@@ -49,6 +50,7 @@ def create_app(backend: Backend) -> FastAPI:
     install_docs(app)
     app.state.jobs = backend.jobs
     app.state.fetch_limits = fetch_limits(backend.settings)
+    app.state.poll_limit = PollLimiter(backend.settings.status_polls_per_second, backend.settings.status_poll_burst)
     install_error_handlers(app)
     app.add_middleware(AccessLog)
     app.include_router(extras.router)

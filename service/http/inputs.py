@@ -6,7 +6,7 @@ and refused when it points at a non-public address (loopback, private,
 link-local, cloud metadata, ...) unless the operator allows private URLs. The
 connection goes to the address that was checked (no DNS rebinding between the
 check and the request). Bytes are decoded once, with Pillow under a pixel cap; the
-decoded images go on to this process's worker (JobLifecycle.input_images).
+decoded images go on to this process's worker (service/jobs/worker.py, input_images).
 """
 
 import asyncio

@@ -2,7 +2,6 @@
 alike: start (one attempt at a time), progress, cancel, complete or fail exactly once, then inputs deleted,
 credits refunded unless the caller's content was the cause, usage counted, the webhook sent."""
 
-import io
 import logging
 import time
 from collections import OrderedDict
@@ -45,17 +44,23 @@ class JobLifecycle:
         if record.status.terminal:
             return CancelResponse(request_id=record.id, status=record.status.value,
                                   message="the job had already finished; nothing to cancel")
-        self._cancelled_here[record.id] = None
-        while len(self._cancelled_here) > MAX_LOCAL_CANCELS:
-            self._cancelled_here.popitem(last=False)
+        self.note_cancel(record.id)
         self.records.request_cancel(record.id)
         if record.status == JobStatus.QUEUED and self.fail(record.id, Failure.CANCELLED, "cancelled"):
             self.dispatcher.cancel(record.id)
             return CancelResponse(request_id=record.id, status="CANCELLED",
                                   message="the job had not started; it will not run")
+        self.dispatcher.cancel_running(record.id)
         return CancelResponse(request_id=record.id, status="CANCELLING",
                               message="the job is running; it stops at the next denoising step and then "
                                       "reads FAILED 'cancelled'")
+
+    def note_cancel(self, job_id: str) -> None:
+        """Remember a cancel in this process: its running job stops at the next step, not at the next read of
+        the store's flag (the worker process hears of cancels this way)."""
+        self._cancelled_here[job_id] = None
+        while len(self._cancelled_here) > MAX_LOCAL_CANCELS:
+            self._cancelled_here.popitem(last=False)
 
     def start(self, job_id: str) -> JobRecord | None:
         """Move a job to PROCESSING for one attempt; None when there is nothing (more) to run here."""
@@ -95,18 +100,6 @@ class JobLifecycle:
             return self.records.cancel_requested(job_id)
 
         return should_stop
-
-    def input_images(self, record: JobRecord) -> tuple[Any, Any] | None:
-        """The job's image and mask as PIL images, or None when its inputs are gone: the images decoded at
-        submit where they were handed over in this process, else the stored bytes (lazily decoded)."""
-        from PIL import Image
-
-        if (handed := self.decoded.take(record.id)) is not None:
-            return handed
-        inputs = self.inputs.get(record.inputs_at)
-        if inputs is None:
-            return None
-        return Image.open(io.BytesIO(inputs[0])), Image.open(io.BytesIO(inputs[1]))
 
     def progress(self, job_id: str, step: int, total: int) -> None:
         self.records.update(job_id, progress_step=step, progress_total=total, heartbeat_at=time.time())

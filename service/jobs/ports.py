@@ -113,7 +113,11 @@ class Dispatcher(Protocol):
 
     def redispatch(self, job_id: str) -> None: ...
 
-    def cancel(self, job_id: str) -> None: ...
+    def cancel(self, job_id: str) -> None:
+        """A queued job was cancelled: do not run it (it ended already)."""
+
+    def cancel_running(self, job_id: str) -> None:
+        """A running job was cancelled: tell its worker now where that is cheap (else it reads the flag)."""
 
     def last_dispatch(self, job_id: str) -> float | None: ...
 

@@ -110,6 +110,14 @@ class JobOutcome:
     record: JobRecord
     files: list[tuple[bytes, str]] = field(default_factory=list)  # (bytes, content type) per image
 
+    def to_wire(self) -> dict:
+        """Plain, picklable data, for another process (Modal's GPU call, the embedded worker process)."""
+        return {"record": self.record.model_dump(mode="json"), "files": self.files}
+
+    @classmethod
+    def from_wire(cls, value: dict) -> "JobOutcome":
+        return cls(JobRecord.model_validate(value["record"]), [tuple(f) for f in value["files"]])
+
 
 @dataclass(frozen=True)
 class PendingWebhook:

@@ -111,7 +111,7 @@ def _start(job_id: str, jobs: JobService, outcomes: dict[str, JobOutcome | None]
     if record is None:
         return None
     try:
-        images = jobs.lifecycle.input_images(record)
+        images = input_images(jobs, record)
         params = InpaintParams.model_validate(record.params, strict=False)
     except StoreUnavailable:
         raise
@@ -125,6 +125,17 @@ def _start(job_id: str, jobs: JobService, outcomes: dict[str, JobOutcome | None]
                                       or record)
         return None
     return _Job(job_id, record, params, images[0], images[1], jobs.lifecycle.cancel_check(job_id))
+
+
+def input_images(jobs: JobService, record: JobRecord) -> tuple[Any, Any] | None:
+    """The job's image and mask as PIL images, or None when its inputs are gone: the images decoded at submit
+    where they were handed over in this process, else the stored bytes (lazily decoded)."""
+    if (handed := jobs.lifecycle.decoded.take(record.id)) is not None:
+        return handed
+    inputs = jobs.inputs.get(record.inputs_at)
+    if inputs is None:
+        return None
+    return Image.open(io.BytesIO(inputs[0])), Image.open(io.BytesIO(inputs[1]))
 
 
 def _groups(waiting: list[tuple[str, InpaintParams | None]], max_images: int) -> list[list[tuple]]:

@@ -130,6 +130,8 @@ class EmbeddedDispatcher:
         self.error: str | None = None
         self.device: str | None = None
         self._load_seconds: float | None = None  # the model load the first jobs waited for (metrics)
+        self.on_state: Callable[[], None] = lambda: None  # the state changed (it runs in a worker process)
+        self.on_start: Callable[[str], None] = lambda job_id: None  # a job's group came up
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -164,6 +166,9 @@ class EmbeddedDispatcher:
     def cancel(self, job_id: str) -> None:
         """Nothing to do: the worker checks the job's cancel flag before it starts and at every step."""
 
+    def cancel_running(self, job_id: str) -> None:
+        """Nothing to do: this process's cancels are seen at the next step."""
+
     def last_dispatch(self, job_id: str) -> float | None:
         return self.queue.dispatched.get(job_id)
 
@@ -192,6 +197,8 @@ class EmbeddedDispatcher:
             self.error = f"the model failed to load: {exc}"
             self.state = "error"
             return False
+        finally:
+            self.on_state()
 
     def _loop(self) -> None:
         try:
@@ -217,12 +224,16 @@ class EmbeddedDispatcher:
                 log.exception("jobs %s: unexpected error in the worker; it goes on with the next jobs",
                               ", ".join(job_ids))
 
+    def _started(self, job_id: str) -> None:
+        self.queue.dispatched.pop(job_id, None)
+        self.on_start(job_id)
+
     def _run(self, job_ids: list[str]) -> None:
         self.handover.running.update(job_ids)
         try:
             # A job stays "dispatched" (waiting here, not silent) until its group starts.
             outcomes = run_jobs(job_ids, self.jobs, self.inpainter, self.job_timeout, self.batch_max_images,
-                                self._load_seconds, on_start=lambda job_id: self.queue.dispatched.pop(job_id, None))
+                                self._load_seconds, on_start=self._started)
             self._load_seconds = None  # only the first jobs waited for the load
             for outcome in outcomes.values():  # again: for a waiter that came after the job ended
                 if outcome is not None:

@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable
 
 from service.jobs.errors import CallStateUnknown, WorkerFailed
-from service.jobs.records import JobOutcome, JobRecord
+from service.jobs.records import JobOutcome
 from service.jobs.waiting import run_blocking
 from service.stores.modal_dicts import CALL, DictRecords
 
@@ -41,16 +41,12 @@ def is_transport_error(exc: BaseException) -> bool:
 
 
 def outcome_to_wire(outcome: JobOutcome | None) -> dict | None:
-    """What the GPU method returns to a blocking (v1) caller: plain, picklable data."""
-    if outcome is None:
-        return None
-    return {"record": outcome.record.model_dump(mode="json"), "files": outcome.files}
+    """What the GPU method returns to a blocking (v1) caller."""
+    return None if outcome is None else outcome.to_wire()
 
 
 def outcome_from_wire(value: dict | None) -> JobOutcome | None:
-    if value is None:
-        return None
-    return JobOutcome(JobRecord.model_validate(value["record"]), [tuple(f) for f in value["files"]])
+    return None if value is None else JobOutcome.from_wire(value)
 
 
 def describe_call_error(exc: BaseException) -> str:
@@ -94,6 +90,9 @@ class ModalDispatcher:
                 call.cancel()
         except Exception:
             log.warning("could not cancel the FunctionCall of job %s", job_id, exc_info=True)
+
+    def cancel_running(self, job_id: str) -> None:
+        """Nothing: the GPU container reads the job's cancel flag at most every 0.5 s while it runs."""
 
     def last_dispatch(self, job_id: str) -> float | None:
         entry = self.records.dict.get(CALL + job_id)

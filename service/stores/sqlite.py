@@ -1,8 +1,9 @@
 """The embedded backend's state: one SQLite file for records and counters, input images as files.
 
 Everything lives under STATE_DIR and survives restarts. Writes go through one
-connection under one lock, each one short transaction, so the once-only rules
-(`finish`, `claim`, `create` under the queue cap) are atomic. Reads use a
+connection per process under one lock, each one short transaction, so the once-only rules
+(`finish`, `claim`, `create` under the queue cap) are atomic, also between the server and its
+worker process (SQLite serialises their transactions). Reads use a
 connection per thread: in WAL mode they never wait on a writer, so the event
 loop can make them inline (microseconds, no thread hop).
 """
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS webhooks (job_id TEXT PRIMARY KEY, owner TEXT NOT NUL
 CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (next_at);
 """
 COUNT_UNFINISHED = "SELECT COUNT(*) FROM jobs WHERE status IN ('QUEUED', 'PROCESSING')"
+BUSY_TIMEOUT_SECONDS = 15.0  # how long a write waits for the other process's transaction
 MAX_CLAIMED_ATTEMPTS = 3  # claims are `attempt<n>:<id>`; a job runs at most twice, a redispatch may claim a third
 
 
@@ -61,7 +63,9 @@ class Database:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # owner-only; SQLite gives its WAL the same
-        self.writer = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # Another process (the embedded worker) writes too: wait for its short transactions rather than fail.
+        self.writer = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                      timeout=BUSY_TIMEOUT_SECONDS)
         self.lock = threading.Lock()
         self._readers = threading.local()
         with self.lock:
@@ -105,8 +109,8 @@ class Database:
 class SQLiteState:
     """JobRecords and Counters over one SQLite database."""
 
-    def __init__(self, path: Path):
-        self.changes = Changes()  # long-poll handlers wait on this
+    def __init__(self, path: Path, changes: Changes | None = None):
+        self.changes = changes or Changes()  # long-poll handlers wait on this (in another process: forwarded)
         self.path = path
         self.db = Database(path)
 
@@ -139,12 +143,20 @@ class SQLiteState:
         return None if record is None or record.expired(time.time()) else record
 
     def _change(self, job_id: str, changes: dict[str, Any], final: bool) -> JobRecord | None:
-        with self.db.writing():
+        """Read, check and write in one transaction: the worker process and the server may change a job at once
+        (a cancel racing the start), and only one of them may win."""
+        def change() -> tuple[JobRecord, JobRecord] | None:
             current = self._read(job_id)
             updated = apply_changes(current, changes) if current is not None else None
             if updated is None or updated.status.terminal != final:
                 return None
             self._write(updated)
+            return current, updated
+
+        changed = self.db.transaction(change)
+        if changed is None:
+            return None
+        current, updated = changed
         if updated.status != current.status:
             self.changes.notify_all()  # queue positions of the jobs behind it moved too
         else:

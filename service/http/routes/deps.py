@@ -37,3 +37,9 @@ async def owned_job(request_id: str, request: Request, owner: str = Security(cal
     request.state.request_id = request_id  # for the access log, found or not
     jobs = request.app.state.jobs
     return await jobs.waiting.read(jobs.waiting.owned, owner, request_id)
+
+
+async def polled_job(request_id: str, request: Request, owner: str = Security(caller)) -> JobRecord:
+    """owned_job for the status and result polls, under the key's poll limit (checked before any store read)."""
+    request.app.state.poll_limit.take(owner)
+    return await owned_job(request_id, request, owner)

@@ -9,7 +9,7 @@ from service.http.intake import accept
 from service.jobs.service import JobService
 from service.jobs.waiting import run_blocking
 from service.jobs.records import JobRecord
-from service.http.routes.deps import base_url, caller, jobs_of, owned_job
+from service.http.routes.deps import base_url, caller, jobs_of, owned_job, polled_job
 from service.http.routes.docs import (CREDITS_HEADER, ERRORS_DOC, REQUEST_BODY_DOC, REQUEST_ID_HEADER, REQUEST_LINKS,
                                       SLUG_PARAM)
 
@@ -45,7 +45,7 @@ async def submit_v2(request: Request, slug: str = SLUG_PARAM, owner: str = Secur
             description="QUEUED (with `queue_position`, 0 = next), PROCESSING (with `progress`), COMPLETED, or "
                         "FAILED (HTTP 422). With `wait`, answers as soon as the status or progress changes.",
             responses={200: {"model": StatusBody}, **FAILED_DOC, **ERRORS_DOC})
-async def get_status(request: Request, record: JobRecord = Depends(owned_job),
+async def get_status(request: Request, record: JobRecord = Depends(polled_job),
                      wait: float = Query(0, ge=0, le=MAX_LONG_POLL,
                                          description="extension: long-poll up to this many seconds for a change "
                                                      "of status or progress")):
@@ -60,7 +60,7 @@ async def get_status(request: Request, record: JobRecord = Depends(owned_job),
 @router.get("/requests/{request_id}", operation_id="get_result", summary="Job result",
             description="The image URLs once COMPLETED; 202 with the status body before; 422 when FAILED.",
             responses={200: {"model": ResultBody}, 202: {"model": StatusBody}, **FAILED_DOC, **ERRORS_DOC})
-async def get_result(request: Request, record: JobRecord = Depends(owned_job)):
+async def get_result(request: Request, record: JobRecord = Depends(polled_job)):
     jobs = jobs_of(request)
     if record.status == JobStatus.FAILED:
         return failed_response(record)
