@@ -44,10 +44,11 @@ class Service:
 
     def worker_pids(self) -> list[int]:
         """The server's child processes that run the worker (not multiprocessing's resource tracker)."""
-        listing = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)], capture_output=True,
-                                 text=True).stdout
-        return [int(line.split()[0]) for line in listing.splitlines()
-                if "multiprocessing" in line and "resource_tracker" not in line]
+        # -ww: whole command lines (ps cuts them at 80 columns when writing to a pipe, which can cut off
+        # "resource_tracker" in a long venv path).
+        listing = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(self.proc.pid)],
+                                 capture_output=True, text=True).stdout
+        return [int(line.split()[0]) for line in listing.splitlines() if "spawn_main" in line]
 
     def log(self) -> str:
         return self.log_path.read_text()[-4000:]
