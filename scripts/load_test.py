@@ -3,7 +3,7 @@
     python -m scripts.load_test [--jobs 200] [--max-seconds 600] [--url http://127.0.0.1:8000 --key KEY]
 
 Without --url it starts `python -m service --demo` in a separate process on a free
-loopback port (rate limit off, queue cap above the burst) and stops it afterwards.
+loopback port (rate and poll limits off, queue cap above the burst) and stops it afterwards.
 Every accepted job is polled until COMPLETED/FAILED or the deadline. Reports
 accepted / refused / completed / failed / lost (accepted, never terminal), the
 number of 5xx answers, and p50/p99 latencies. Exits 1 if any job was lost or any
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     server = None
     url = args.url
     if not url:
-        server = DemoServer(args.key, {"RATE_LIMIT_PER_SECOND": "0", "MAX_QUEUE_DEPTH": str(args.jobs * 2)})
+        server = DemoServer(args.key, {"RATE_LIMIT_PER_SECOND": "0", "STATUS_POLLS_PER_SECOND": "0",
+                                        "MAX_QUEUE_DEPTH": str(args.jobs * 2)})
         server.wait_ready()
         url = server.url
     try:

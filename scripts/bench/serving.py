@@ -2,7 +2,8 @@
 
     python -m scripts.bench.serving [--clients 1,8,32] [--jobs-per-client 3] [--interval 0.02]
 
-Starts `python -m service --demo` in a separate process (or uses --url/--key), then:
+Starts `python -m service --demo` in a separate process with the per-key poll limit off (the clients below poll
+far faster than it allows; it is measured by scripts/bench/polling.py), or uses --url/--key, then:
 1. v2: N clients each submit jobs and poll status as the Segmind SDK's AsyncJob.wait
    does (status URL until COMPLETED, then the result URL), every --interval seconds.
 2. v1: sequential sync calls.
@@ -118,6 +119,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url")
     parser.add_argument("--key", default="bench-key")
+    parser.add_argument("--server-module", default="service",
+                        help="the server to start: service (the worker in its own process) or "
+                             "scripts.bench.thread_worker_server (the worker on a server thread)")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--jobs-per-client", type=int, default=3)
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between status polls")
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
     server = None
     url, key = args.url, args.key
     if not url:
-        server = DemoServer(key)
+        server = DemoServer(key, {"STATUS_POLLS_PER_SECOND": "0"}, module=args.server_module)
         server.wait_ready()
         url = server.url
     try:

@@ -12,6 +12,7 @@ retried once by its successor's recovery, then FAILED, as after a restart.
 
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -24,6 +25,21 @@ from service.jobs.worker_thread import OutcomeHandover
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_SECONDS = 1.0  # before starting a worker process again after one died
+# How far the server's request handling steps back from the worker when every core is busy (a nice value): a
+# separate process frees the job from the server's interpreter lock, not from sharing cores with it, and on a
+# small machine a flood of polls would otherwise still take a share of the worker's core. No effect while a
+# core is free.
+WEB_NICENESS = 10
+
+
+def step_back_from_worker() -> None:
+    """Lower this thread's priority, and that of the threads it starts later (Linux keeps nice values per
+    thread: the worker process and this dispatcher's reader thread, which starts its successors, keep theirs)."""
+    try:
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, os.getpriority(os.PRIO_PROCESS, me) + WEB_NICENESS)
+    except (AttributeError, OSError) as exc:  # not on Linux, or not permitted: an optimisation only
+        log.info("could not lower the web tier's priority (%s)", exc)
 
 
 class ProcessDispatcher:
@@ -48,9 +64,11 @@ class ProcessDispatcher:
         jobs.lifecycle.on_ended = self.handover.give  # jobs ended here (a queued job cancelled, expired, reaped)
 
     def start(self) -> None:
+        """Called on the server's event loop thread, which then steps back from the worker."""
         self._spawn()
         self._reader = threading.Thread(target=self._read_events, name="worker-events", daemon=True)
         self._reader.start()
+        step_back_from_worker()
 
     def _spawn(self) -> None:
         self.state = "loading"
