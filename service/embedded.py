@@ -34,8 +34,8 @@ def build_embedded(settings: Settings, make_inpainter: Callable[[], Any] | None 
     """SQLite records and counters, input files, local (or S3) results, a worker and the sweep.
     The worker runs in a process of its own, which loads the model from the settings (`python -m service`): the
     HTTP handlers and the model then share no interpreter lock, so polling clients cannot slow a job. With
-    `make_inpainter`, a model factory, it runs on a thread of this process instead (tests, embedding), and the
-    images decoded at submit are handed to it rather than decoded again."""
+    `make_inpainter`, a model factory, it runs on a thread of this process instead (tests, embedding). Either way
+    the images decoded at submit are handed to it rather than decoded again (service/jobs/handover.py)."""
     from service.jobs.housekeeping import Sweeper
     from service.jobs.webhook_sender import WebhookSender
     from service.jobs.webhooks import new_secret
@@ -62,7 +62,7 @@ def build_embedded(settings: Settings, make_inpainter: Callable[[], Any] | None 
                              settings.webhook_first_delay_seconds, settings.webhook_timeout_seconds)
     jobs = JobService(settings, state, FileInputs(state_dir / "inputs"), state, storage, dispatcher,
                       changes=state.changes, on_terminal=webhooks.on_terminal, inline_reads=True,
-                      hand_over_inputs=make_inpainter is not None)
+                      hand_over_inputs=True)
     dispatcher.bind(jobs)
     interval = min(settings.sweep_interval_seconds, max(settings.result_ttl_seconds / 2, 1))
     sweeper = Sweeper(jobs, interval, lease=settings.lease_seconds, check=state.problem)

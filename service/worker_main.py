@@ -59,6 +59,7 @@ def die_with_the_server() -> None:
 def main(config: dict, commands: Any, events: Any) -> None:
     from pathlib import Path
 
+    from service.jobs.handover import from_wire
     from service.jobs.service import JobService
     from service.jobs.worker_thread import EmbeddedDispatcher
     from service.stores.results import make_storage
@@ -88,13 +89,16 @@ def main(config: dict, commands: Any, events: Any) -> None:
     server = multiprocessing.parent_process()
     while server is None or server.is_alive():
         try:
-            kind, job_id = commands.get(timeout=PARENT_CHECK_SECONDS)
+            kind, value = commands.get(timeout=PARENT_CHECK_SECONDS)
         except queue.Empty:
             continue
         if kind == "run":
+            job_id, images = value
+            if images is not None:  # decoded at submit: no need to decode the stored bytes again
+                jobs.lifecycle.decoded.put(job_id, *from_wire(images))
             dispatcher.submit(job_id)
         elif kind == "cancel":
-            jobs.lifecycle.note_cancel(job_id)
+            jobs.lifecycle.note_cancel(value)
         elif kind == "stop":
             break
     dispatcher.stop()

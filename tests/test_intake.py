@@ -2,6 +2,7 @@
 and the service's own time (`metrics.overhead_time`)."""
 
 import base64
+import io
 import threading
 
 import httpx
@@ -11,7 +12,10 @@ from PIL import Image
 import service.http.intake
 from service.http.app import create_app
 from service.embedded import build_embedded
-from service.jobs.handover import DecodedInputs
+from service.jobs.handover import MAX_WIRE_PIXELS, DecodedInputs, from_wire, to_wire
+from service.jobs.failures import Failure
+from service.jobs.worker import run_jobs
+from schemas import InpaintParams
 from tests.images import box_mask, gradient_image, png_bytes
 from tests.servers import KEY_A, ApiServer, SlowInpainter, StaticHost, free_port, make_settings
 from tests.test_service import BODY, SLUG, wait_terminal
@@ -208,3 +212,40 @@ def test_base64_wrapped_over_lines_is_read():
     assert decode_inline(wrapped + "\n", "mask", 1 << 20) == data
     with pytest.raises(BadInput, match="nor valid base64"):
         decode_inline(wrapped + "!", "mask", 1 << 20)
+
+
+def test_images_cross_to_the_worker_process_as_raw_pixels_only_when_nothing_is_lost():
+    image, mask = gradient_image(), box_mask()
+    image_back, mask_back = from_wire(to_wire((image, mask)))
+    assert (image_back.mode, mask_back.mode) == (image.mode, mask.mode)
+    assert image_back.tobytes() == image.tobytes() and mask_back.tobytes() == mask.tobytes()
+    rgba = Image.new("RGBA", (8, 8), (1, 2, 3, 4))
+    assert from_wire(to_wire((rgba, mask)))[0].getpixel((0, 0)) == (1, 2, 3, 4)
+
+    rotated = Image.open(io.BytesIO(_jpeg_with_orientation(image, 6)))
+    keyed = Image.new("RGB", (8, 8))
+    keyed.info["transparency"] = (0, 0, 0)  # a PNG's transparent colour: read_mask needs it
+    for kept_back in (rotated, image.convert("P"), keyed, Image.new("I;16", (8, 8)),
+                      Image.new("L", (MAX_WIRE_PIXELS // 1024 + 1, 1024))):
+        assert to_wire((kept_back, mask)) is None and to_wire((image, kept_back)) is None
+    assert to_wire(None) is None
+
+
+def _jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", exif=exif)
+    return buf.getvalue()
+
+
+def test_a_job_that_ended_before_its_turn_leaves_no_handed_over_images(tmp_path, tiny_model_dir, inpainter):
+    """In the worker process, a job cancelled while queued ends in the server's process: the worker drops the
+    images it was handed when the job comes up."""
+    jobs = build_embedded(make_settings(tmp_path, tiny_model_dir), lambda: inpainter).jobs  # worker not started
+    record, _ = jobs.admission.admit(KEY_A, InpaintParams(prompt="a chair"), png_bytes(gradient_image()),
+                                     png_bytes(box_mask()), base_url="http://x")
+    jobs.lifecycle.fail(record.id, Failure.CANCELLED, "cancelled")  # ended elsewhere
+    jobs.lifecycle.decoded.put(record.id, gradient_image(), box_mask())  # as the worker process receives them
+    assert run_jobs([record.id], jobs, inpainter) == {record.id: None}
+    assert len(jobs.lifecycle.decoded) == 0 and jobs.lifecycle.decoded.pixels == 0

@@ -1,10 +1,36 @@
-"""Images decoded at submit, handed to the worker in the same process so that no input is decoded twice."""
+"""Images decoded at submit, handed to the worker so that no input is decoded twice: as they are to a worker in
+the same process, as raw pixels to the embedded worker process."""
 
 import threading
 from typing import Any
 
+from PIL import Image
+
 MAX_HANDED_OVER_JOBS = 16
 MAX_HANDED_OVER_PIXELS = 2 * 4096 * 4096  # one job at the default input pixel cap, or many photo-sized ones
+# Raw pixels cross to the worker process only up to this size per image (about 6 MB of RGB): copying them into
+# the queue holds the web tier's interpreter lock, while a larger photo is cheaper to decode again over there.
+MAX_WIRE_PIXELS = 2 * 1024 * 1024
+WIRE_MODES = ("RGB", "RGBA", "L", "LA")  # modes whose raw bytes are the whole picture (no palette, no 16 bits)
+ORIENTATION = 0x0112
+
+
+def to_wire(images: tuple[Any, Any] | None) -> tuple | None:
+    """Image and mask as plain (mode, size, bytes) for another process, or None when raw pixels would lose
+    something the worker reads (an EXIF orientation, a transparent colour, a palette) or cost more than a
+    decode: the worker then decodes the stored bytes."""
+    if images is None:
+        return None
+    for image in images:
+        if (image.mode not in WIRE_MODES or image.width * image.height > MAX_WIRE_PIXELS
+                or "transparency" in image.info or image.getexif().get(ORIENTATION, 1) != 1):
+            return None
+    return tuple((image.mode, image.size, image.tobytes()) for image in images)
+
+
+def from_wire(wired: tuple) -> tuple[Any, Any]:
+    image, mask = (Image.frombytes(mode, size, data) for mode, size, data in wired)
+    return image, mask
 
 
 class DecodedInputs:

@@ -108,7 +108,8 @@ def _requests(job_ids: list[str], jobs: JobService) -> list[tuple[str, InpaintPa
 def _start(job_id: str, jobs: JobService, outcomes: dict[str, JobOutcome | None]) -> _Job | None:
     """PROCESSING with its request and inputs, or None (nothing to run, or FAILED here: see outcomes)."""
     record = jobs.lifecycle.start(job_id)
-    if record is None:
+    if record is None:  # ended before its turn (in another process, where its end could not drop these)
+        jobs.lifecycle.decoded.take(job_id)
         return None
     try:
         images = input_images(jobs, record)

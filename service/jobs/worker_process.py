@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from service.jobs.handover import to_wire
 from service.jobs.records import JobOutcome
 from service.jobs.service import JobService
 from service.jobs.worker_thread import OutcomeHandover
@@ -94,8 +95,9 @@ class ProcessDispatcher:
     # ---- the Dispatcher port -----------------------------------------------------------------------------
 
     def submit(self, job_id: str) -> None:
+        """The job, with its images as decoded at submit when they were handed over and fit the wire."""
         self.dispatched[job_id] = time.time()
-        self.commands.put(("run", job_id))
+        self.commands.put(("run", (job_id, to_wire(self.jobs.lifecycle.decoded.take(job_id)))))
 
     redispatch = submit
 
