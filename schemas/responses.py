@@ -58,6 +58,14 @@ class Progress(BaseModel):
 SEED_STR = "The seed as a decimal string: exact in JavaScript, whose numbers lose digits past 2^53."
 
 
+def warnings_field():
+    """Present only when there is something to say, so answers without warnings keep Segmind's shape."""
+    return Field(default_factory=list, exclude_if=lambda warnings: not warnings,
+                 description="Extension: what you should know about inputs that were accepted as they are, "
+                             "e.g. a mask of another aspect ratio than the image (stretched to fit). "
+                             "Absent when there is none.")
+
+
 class SubmitResponse(BaseModel):
     request_id: str
     status: JobStatus = JobStatus.QUEUED
@@ -73,6 +81,7 @@ class StatusBody(BaseModel):
     error: str | None = None
     queue_position: int | None = Field(None, description="Extension: jobs ahead of this one while QUEUED.")
     progress: Progress | None = Field(None, description="Extension: denoising progress while PROCESSING.")
+    warnings: list[str] = warnings_field()
 
 
 class ImageInfo(BaseModel):
@@ -92,6 +101,7 @@ class ResultBody(BaseModel):
     seed: int | None = None
     seed_str: str | None = Field(None, description=SEED_STR)
     metrics: Metrics = Field(default_factory=Metrics)
+    warnings: list[str] = warnings_field()
 
 
 class FailedBody(BaseModel):
@@ -103,6 +113,7 @@ class FailedBody(BaseModel):
     failure: str | None = Field(None, description="Why, as a stable code: cancelled, blocked, timed_out, "
                                                   "storage, unavailable, worker_lost, expired, internal.")
     metrics: Metrics = Field(default_factory=Metrics)
+    warnings: list[str] = warnings_field()
 
 
 class UsageDay(BaseModel):

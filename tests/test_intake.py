@@ -11,14 +11,15 @@ from PIL import Image
 
 import service.http.intake
 from service.http.app import create_app
+from service.http.inputs import mask_warnings
 from service.embedded import build_embedded
 from service.jobs.handover import MAX_WIRE_PIXELS, DecodedInputs, from_wire, to_wire
 from service.jobs.failures import Failure
 from service.jobs.worker import run_jobs
 from schemas import InpaintParams
-from tests.images import box_mask, gradient_image, png_bytes
+from tests.images import b64_png, box_mask, gradient_image, png_bytes
 from tests.servers import KEY_A, ApiServer, SlowInpainter, StaticHost, free_port, make_settings
-from tests.test_service import BODY, SLUG, wait_terminal
+from tests.test_service import BODY, SLUG, sdk, wait_terminal
 
 
 class RecordingInpainter:
@@ -249,3 +250,66 @@ def test_a_job_that_ended_before_its_turn_leaves_no_handed_over_images(tmp_path,
     jobs.lifecycle.decoded.put(record.id, gradient_image(), box_mask())  # as the worker process receives them
     assert run_jobs([record.id], jobs, inpainter) == {record.id: None}
     assert len(jobs.lifecycle.decoded) == 0 and jobs.lifecycle.decoded.pixels == 0
+
+
+def test_a_mask_of_another_aspect_ratio_is_accepted_with_a_warning(tmp_path, tiny_model_dir, inpainter):
+    """A 300x700 mask on a 512x512 image is stretched to fit: the answer says so, as a header on v1 and on the
+    v2 submit, and as `warnings` in the v2 bodies (which Segmind's SDK hands back as they are)."""
+    stretched = {**BODY, "mask": b64_png(box_mask(300, 700, (100, 300, 200, 400)))}
+    jobs, server = serve(tmp_path, tiny_model_dir, inpainter)
+    try:
+        with client(server) as http:
+            sync = http.post(f"/v1/{SLUG}", json=stretched)
+            assert sync.status_code == 200
+            warning = sync.headers["x-inpaint-warning"]
+            assert "mask is 300x700 but image is 512x512" in warning and "stretched" in warning
+
+            submitted = http.post(f"/v2/{SLUG}", json=stretched)
+            assert submitted.headers["x-inpaint-warning"] == warning
+            request_id = submitted.json()["request_id"]
+            assert wait_terminal(http, request_id)["warnings"] == [warning]
+            assert http.get(f"/v2/requests/{request_id}").json()["warnings"] == [warning]
+            assert sdk(server).submit_async(SLUG, **stretched).wait(timeout=60, interval=0.05)["warnings"] == [warning]
+
+            cancelled = http.post(f"/v2/{SLUG}", json={**stretched, "num_inference_steps": 100}).json()["request_id"]
+            http.post(f"/v2/requests/{cancelled}/cancel")
+            assert wait_terminal(http, cancelled)["warnings"] == [warning]
+            failed = http.get(f"/v2/requests/{cancelled}")
+            assert failed.status_code == 422 and failed.json()["warnings"] == [warning]
+
+            for same_aspect in (box_mask(256, 256, (96, 96, 160, 160)), box_mask()):  # smaller, and the same size
+                fine = http.post(f"/v2/{SLUG}", json={**BODY, "mask": b64_png(same_aspect)})
+                assert "x-inpaint-warning" not in fine.headers
+                request_id = fine.json()["request_id"]
+                assert "warnings" not in wait_terminal(http, request_id)
+                assert "warnings" not in http.get(f"/v2/requests/{request_id}").json()
+            assert "x-inpaint-warning" not in http.post(f"/v1/{SLUG}", json=BODY).headers
+
+            paths = http.get("/openapi.json").json()["paths"]
+            assert "x-inpaint-warning" in paths[f"/v1/{{slug}}"]["post"]["responses"]["200"]["headers"]
+            assert "x-inpaint-warning" in paths[f"/v2/{{slug}}"]["post"]["responses"]["200"]["headers"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("image_size, mask_size, warned", [
+    ((512, 512), (300, 700), True),
+    ((512, 512), (512, 522), True),  # 2% taller
+    ((512, 512), (512, 515), False),  # within 1%
+    ((512, 512), (128, 128), False),
+    ((1000, 667), (50, 33), False),  # scaled down and rounded to whole pixels
+    ((4032, 3024), (400, 300), False),
+    ((4032, 3024), (300, 400), True),
+])
+def test_which_masks_are_reported(image_size, mask_size, warned):
+    warnings = mask_warnings(Image.new("RGB", image_size), Image.new("L", mask_size))
+    assert bool(warnings) == warned
+    if warned:
+        assert warnings[0].startswith(f"mask is {mask_size[0]}x{mask_size[1]} but image is "
+                                      f"{image_size[0]}x{image_size[1]}")
+
+
+def test_sizes_are_compared_as_displayed_after_the_exif_orientation():
+    sideways = Image.open(io.BytesIO(_jpeg_with_orientation(gradient_image(640, 480), 6)))  # shown 480x640
+    assert mask_warnings(sideways, Image.new("L", (480, 640))) == []
+    assert "image is 480x640" in mask_warnings(sideways, Image.new("L", (640, 480)))[0]

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import httpx
-from PIL import Image
+from PIL import ExifTags, Image
 
 from service.jobs.errors import BadInput
 from service.jobs.safe_urls import check_url_shape, pinned_url, resolve_checked_sync
 
 ALLOWED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 REDIRECT_CODES = {301, 302, 303, 307, 308}
+ASPECT_TOLERANCE = 0.01  # a mask whose aspect ratio differs more than this from the image's is reported
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,26 @@ def read_input(value: str, field: str, limits: FetchLimits, fetched: bytes | Non
     if len(data) > limits.max_bytes:
         raise BadInput(field, f"image is larger than {limits.max_bytes} bytes")
     return data, check_image(data, field, limits.max_pixels, limits.max_side)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """The size as displayed: the worker applies the EXIF orientation, which swaps the sides for 5 to 8."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8) else (width, height)
+
+
+def mask_warnings(image: Image.Image, mask: Image.Image) -> list[str]:
+    """What the caller should know about an image and mask that are accepted as they are: a mask of another
+    aspect ratio than the image is stretched to the image's size (another size at the same ratio is fine)."""
+    (iw, ih), (mw, mh) = upright_size(image), upright_size(mask)
+    # Half a pixel of rounding on each side of the smaller picture is allowed beyond the tolerance, so that a
+    # small mask scaled down from the image's size (50x33 for 1000x667) is not reported.
+    allowed = ASPECT_TOLERANCE + 0.5 / min(iw, mw) + 0.5 / min(ih, mh)
+    if abs((mw / mh) / (iw / ih) - 1) <= allowed:
+        return []
+    return [f"mask is {mw}x{mh} but image is {iw}x{ih}: their aspect ratios differ ({mw / mh:.2f} vs "
+            f"{iw / ih:.2f}), so the mask is stretched to the image's size; draw the mask at the image's "
+            f"size or aspect ratio"]
 
 
 def make_client(limits: FetchLimits) -> httpx.AsyncClient:

@@ -10,11 +10,14 @@ from pydantic import ValidationError
 from schemas import MODEL_SLUG, InpaintRequest, describe_validation_error
 from service.http.errors import ApiError
 from service.jobs.errors import NoWorker
-from service.http.inputs import FetchLimits, check_webhook_url, fetch_url, looks_like_url, read_input
+from service.http.inputs import (FetchLimits, check_webhook_url, fetch_url, looks_like_url, mask_warnings,
+                                 read_input)
 from service.jobs.service import JobService
 from service.jobs.waiting import run_blocking
 from service.jobs.records import JobRecord
 from service.logs import redact_url
+
+WARNING_HEADER = "x-inpaint-warning"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -50,7 +53,7 @@ async def parse_request(request: Request, slug: str, limit: int) -> InpaintReque
 async def accept(request: Request, slug: str, owner: str, jobs: JobService, base_url: str, sync: bool,
                  deadline: float | None = None) -> tuple[JobRecord, dict[str, str]]:
     """Validate, limit, fetch inputs (within `deadline`, a monotonic time), charge, store, dispatch.
-    Returns the record and extra headers."""
+    Returns the record and extra headers (credits left, warnings about the inputs)."""
     received = time.monotonic()
     settings = jobs.settings
     inpaint = await parse_request(request, slug, settings.max_body_bytes)
@@ -82,12 +85,15 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
         image_bytes, image = read_input(inpaint.image, "image", limits, fetched.get("image"))
         mask_bytes, mask = read_input(inpaint.mask, "mask", limits, fetched.get("mask"))
         return jobs.admission.admit(owner, inpaint.params(), image_bytes, mask_bytes, base_url, decoded=(image, mask),
-                          received=received, api="v1" if sync else "v2",
+                          received=received, warnings=mask_warnings(image, mask), api="v1" if sync else "v2",
                           image_from=redact_url(inpaint.image), mask_from=redact_url(inpaint.mask))
 
     record, left = await run_blocking(take_in)
     request.state.request_id = record.id
-    return record, ({} if left is None else {"x-remaining-credits": str(left)})
+    headers = {} if left is None else {"x-remaining-credits": str(left)}
+    if record.warnings:
+        headers[WARNING_HEADER] = "; ".join(record.warnings)
+    return record, headers
 
 
 async def fetch_inputs(urls: dict[str, str], limits: FetchLimits, client: httpx.AsyncClient,

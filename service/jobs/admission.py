@@ -43,10 +43,11 @@ class Admission:
 
     def admit(self, owner: str, params: InpaintParams, image: bytes, mask: bytes, base_url: str,
               decoded: tuple[Any, Any] | None = None, received: float | None = None,
-              **log_fields: Any) -> tuple[JobRecord, int | None]:
+              warnings: list[str] | None = None, **log_fields: Any) -> tuple[JobRecord, int | None]:
         """Charge, store and dispatch a validated request. Returns the record and the credits left (or None).
         `decoded`: the image and mask as decoded by validation (handed to this process's worker);
-        `received`: when the request arrived (time.monotonic()), for the job's intake time.
+        `received`: when the request arrived (time.monotonic()), for the job's intake time;
+        `warnings`: what the caller should know about inputs that were accepted (kept in the record).
         `log_fields` go into the job's QUEUED log line."""
         settings = self.settings
         spend_daily(self.counters, params.samples, settings.daily_image_cap)
@@ -58,7 +59,8 @@ class Admission:
         now, job_id = time.time(), str(uuid.uuid4())
         record = JobRecord(id=job_id, owner=owner, params=params.model_dump(mode="json"), created_at=now,
                            expires_at=now + settings.result_ttl_seconds, base_url=base_url,
-                           webhook_url=params.webhook_url, inputs_key=f"{job_id}-{secrets.token_urlsafe(16)}")
+                           webhook_url=params.webhook_url, inputs_key=f"{job_id}-{secrets.token_urlsafe(16)}",
+                           warnings=warnings or [])
         self._store(record, image, mask, received)
         # Logged before the dispatch, so it always precedes the worker's PROCESSING line.
         log_event("job", request_id=record.id, status="QUEUED", owner=owner, samples=params.samples, **log_fields)

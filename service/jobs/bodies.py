@@ -11,7 +11,7 @@ from service.jobs.records import JobRecord
 def failed_body(record: JobRecord) -> dict[str, Any]:
     return FailedBody(request_id=record.id, error=record.error or "failed",
                       failure=record.failure.value if record.failure else None,
-                      metrics=record.metrics()).model_dump(mode="json")
+                      metrics=record.metrics(), warnings=record.warnings).model_dump(mode="json")
 
 
 def completed_body(record: JobRecord, storage: ResultStorage, base_url: str) -> dict[str, Any]:
@@ -26,6 +26,7 @@ def completed_body(record: JobRecord, storage: ResultStorage, base_url: str) -> 
         seed=record.seeds[0] if record.seeds else None,
         seed_str=str(record.seeds[0]) if record.seeds else None,
         metrics=record.metrics(),
+        warnings=record.warnings,
     ).model_dump(mode="json")
 
 

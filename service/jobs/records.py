@@ -49,6 +49,7 @@ class JobRecord(BaseModel):
     redispatches: int = 0  # times the housekeeping sent it to a worker again (bounded by MAX_ATTEMPTS)
     base_url: str = ""  # the public base URL at submission (for URLs in webhook bodies)
     webhook_url: str | None = None
+    warnings: list[str] = Field(default_factory=list)  # about inputs accepted as they are (a stretched mask)
 
     def expired(self, now: float) -> bool:
         """Finished and past its time to live. An unfinished job never expires: it ends first (FAILED

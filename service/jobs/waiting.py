@@ -43,7 +43,8 @@ class Waiting:
         return record
 
     def status(self, record: JobRecord) -> StatusBody:
-        body = StatusBody(request_id=record.id, status=record.status, metrics=record.metrics(), error=record.error)
+        body = StatusBody(request_id=record.id, status=record.status, metrics=record.metrics(), error=record.error,
+                          warnings=record.warnings)
         if record.status == JobStatus.QUEUED:
             body.queue_position = self.records.queue_position(record)
         if record.status == JobStatus.PROCESSING and record.progress_total:

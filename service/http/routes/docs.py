@@ -40,6 +40,11 @@ ERRORS_DOC = {code: {"model": ErrorBody, "description": text} for code, text in 
 REQUEST_ID_HEADER = {"x-request-id": {"description": "The job's id.", "schema": {"type": "string"}}}
 CREDITS_HEADER = {"x-remaining-credits": {"description": "Image credits this key has left (only when the key "
                                                          "has a budget).", "schema": {"type": "integer"}}}
+WARNING_HEADER = {"x-inpaint-warning": {
+    "description": "Extension: what you should know about inputs that were accepted as they are (e.g. a mask of "
+                   "another aspect ratio than the image, stretched to fit); several are separated by '; '. Absent "
+                   "when there is none. The same text is in the v2 bodies' `warnings`.",
+    "schema": {"type": "string"}}}
 V1_HEADERS = {
     **REQUEST_ID_HEADER,
     "x-seed-value": {"description": "The seed of each image, comma-separated.", "schema": {"type": "string"}},
@@ -49,4 +54,5 @@ V1_HEADERS = {
     "x-cost-usd": {"description": "Extension: gpu_seconds priced at the deployment's GPU type (metrics.cost_usd); "
                                   "absent when no GPU type is set.", "schema": {"type": "string"}},
     **CREDITS_HEADER,
+    **WARNING_HEADER,
 }

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from schemas import MODEL_SLUG, ErrorBody, FailedBody, JobStatus, V1Base64Response, V1MultiResponse
 from service.http.errors import ApiError, v1_status
 from service.http.intake import accept
+from service.jobs.bodies import failed_body
 from service.jobs.records import JobOutcome
 from service.jobs.service import JobService
 from service.jobs.waiting import run_blocking
@@ -64,9 +65,7 @@ def cost_headers(done) -> dict[str, str]:
 async def v1_answer(outcome: JobOutcome, jobs: JobService, credit_headers: dict[str, str]) -> Response:
     done = outcome.record
     if done.status == JobStatus.FAILED:
-        body = FailedBody(request_id=done.id, error=done.error or "failed",
-                          failure=done.failure.value if done.failure else None, metrics=done.metrics())
-        return JSONResponse(body.model_dump(mode="json"), status_code=v1_status(done.failure),
+        return JSONResponse(failed_body(done), status_code=v1_status(done.failure),
                             headers={"x-request-id": done.id, **credit_headers})
     files = outcome.files or await run_blocking(
         lambda: [(jobs.storage.read(img.key), img.content_type) for img in done.images])

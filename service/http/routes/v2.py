@@ -11,7 +11,7 @@ from service.jobs.waiting import run_blocking
 from service.jobs.records import JobRecord
 from service.http.routes.deps import base_url, caller, jobs_of, owned_job, polled_job
 from service.http.routes.docs import (CREDITS_HEADER, ERRORS_DOC, REQUEST_BODY_DOC, REQUEST_ID_HEADER, REQUEST_LINKS,
-                                      SLUG_PARAM)
+                                      SLUG_PARAM, WARNING_HEADER)
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 MAX_LONG_POLL = 30.0
@@ -31,7 +31,7 @@ async def status_body(jobs: JobService, record: JobRecord) -> dict:
 @router.post("/{slug}", operation_id="submit_v2", openapi_extra=REQUEST_BODY_DOC,
              summary="Submit a job", description="Queue a job and answer at once with its id and URLs to poll.",
              responses={200: {"model": SubmitResponse, "links": REQUEST_LINKS,
-                              "headers": {**REQUEST_ID_HEADER, **CREDITS_HEADER}}, **ERRORS_DOC})
+                              "headers": {**REQUEST_ID_HEADER, **CREDITS_HEADER, **WARNING_HEADER}}, **ERRORS_DOC})
 async def submit_v2(request: Request, slug: str = SLUG_PARAM, owner: str = Security(caller)):
     base = base_url(request)
     record, headers = await accept(request, slug, owner, jobs_of(request), base, sync=False)
