@@ -211,7 +211,7 @@ def test_binding_beyond_loopback_needs_public_base_url(tmp_path):
 def test_oversized_headers_are_refused(tmp_path, tiny_model_dir, inpainter):
     with api_server(make_settings(tmp_path, tiny_model_dir), lambda: inpainter) as srv:
         r = httpx.get(f"{srv.url}/health", headers={"x-padding": "a" * 200_000})
-        assert r.status_code == 431 and "headers are larger" in r.json()["error"]
+        assert r.status_code == 431 and "headers are larger than 64 KiB (65,536 bytes)" in r.json()["error"]
         assert httpx.get(f"{srv.url}/health").status_code == 200
 
 

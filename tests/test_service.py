@@ -242,7 +242,7 @@ def test_openapi_and_docs(server):
         ({"json": {**BODY, "image": base64.b64encode(b"GIF89a" + b"\0" * 64).decode()}}, 400, "parameter 'image'"),
         ({"json": {**BODY, "image": b64_png(gradient_image(1100, 1000))}}, 400, "pixels"),
         ({"json": {**BODY, "image": "data:image/png,rawbytes"}}, 400, "base64"),
-        ({"json": {**BODY, "prompt": "x" * (5 * 1024 * 1024)}}, 413, "larger than"),
+        ({"json": {**BODY, "prompt": "x" * (5 * 1024 * 1024)}}, 413, "larger than 4 MiB (4,194,304 bytes)"),
     ],
 )
 def test_error_classes(server, kwargs, status, fragment):
@@ -328,7 +328,7 @@ def test_url_inputs_fetched_with_redirects(open_server, image_host):
 
 @pytest.mark.parametrize(
     "path, fragment",
-    [("/page.html", "not a readable image"), ("/missing.png", "HTTP 404"), ("/big.png", "larger than"),
+    [("/page.html", "not a readable image"), ("/missing.png", "HTTP 404"), ("/big.png", "larger than 2 MiB (2,097,152 bytes)"),
      ("/loop", "too many redirects")],
 )
 def test_url_input_errors(open_server, image_host, path, fragment):

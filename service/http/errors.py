@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.jobs.errors import (BadInput, JobError, NoWorker, NotFound, OutOfCredits, StoreUnavailable,
-                                 Throttled)
+                                 Throttled, size_text)
 from service.jobs.failures import Failure
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class HeaderLimit:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
-            response = error_response(431, f"request headers are larger than {MAX_HEADER_BYTES} bytes")
+            response = error_response(431, f"request headers are larger than {size_text(MAX_HEADER_BYTES)}")
             return await response(scope, receive, send)
         return await self.app(scope, receive, send)
 

@@ -19,7 +19,7 @@ from urllib.parse import urljoin
 import httpx
 from PIL import ExifTags, Image
 
-from service.jobs.errors import BadInput
+from service.jobs.errors import BadInput, size_text
 from service.jobs.safe_urls import check_url_shape, pinned_url, resolve_checked_sync
 
 ALLOWED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -64,12 +64,12 @@ async def fetch_url(url: str, field: str, limits: FetchLimits, client: httpx.Asy
                     raise BadInput(field, f"fetching the URL returned HTTP {response.status_code}")
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limits.max_bytes:
-                    raise BadInput(field, f"image is larger than {limits.max_bytes} bytes")
+                    raise BadInput(field, f"image is larger than {size_text(limits.max_bytes)}")
                 data = bytearray()
                 async for chunk in response.aiter_bytes():
                     data.extend(chunk)
                     if len(data) > limits.max_bytes:
-                        raise BadInput(field, f"image is larger than {limits.max_bytes} bytes")
+                        raise BadInput(field, f"image is larger than {size_text(limits.max_bytes)}")
                 return bytes(data)
         except httpx.TimeoutException:
             raise BadInput(field, "timed out fetching the URL") from None
@@ -90,7 +90,7 @@ def decode_inline(value: str, field: str, max_bytes: int) -> bytes:
                                     f"(image/png, image/jpeg or image/webp)")
         value = payload
     if len(value) * 3 // 4 > max_bytes + 3:
-        raise BadInput(field, f"image is larger than {max_bytes} bytes")
+        raise BadInput(field, f"image is larger than {size_text(max_bytes)}")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -136,7 +136,7 @@ def read_input(value: str, field: str, limits: FetchLimits, fetched: bytes | Non
     fetched from its URL (raises BadInput). Blocking: decodes the image in full."""
     data = decode_inline(value, field, limits.max_bytes) if fetched is None else fetched
     if len(data) > limits.max_bytes:
-        raise BadInput(field, f"image is larger than {limits.max_bytes} bytes")
+        raise BadInput(field, f"image is larger than {size_text(limits.max_bytes)}")
     return data, check_image(data, field, limits.max_pixels, limits.max_side)
 
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from schemas import MODEL_SLUG, InpaintRequest, describe_validation_error
 from service.http.errors import ApiError
-from service.jobs.errors import NoWorker
+from service.jobs.errors import NoWorker, size_text
 from service.http.inputs import (FetchLimits, check_webhook_url, fetch_url, looks_like_url, mask_warnings,
                                  read_input)
 from service.jobs.service import JobService
@@ -23,12 +23,12 @@ WARNING_HEADER = "x-inpaint-warning"
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body is larger than {limit} bytes")
+        raise ApiError(413, f"request body is larger than {size_text(limit)}")
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
         if len(body) > limit:
-            raise ApiError(413, f"request body is larger than {limit} bytes")
+            raise ApiError(413, f"request body is larger than {size_text(limit)}")
     return bytes(body)
 
 

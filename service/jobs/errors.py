@@ -8,6 +8,14 @@ import math
 import time
 
 
+def size_text(size: int) -> str:
+    """A byte count for people: '32 MiB (33,554,432 bytes)'."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit} ({size:,} bytes)"
+    return f"{size:,} bytes"
+
+
 class JobError(Exception):
     """A request the job rules refuse, with a message for the caller."""
 
