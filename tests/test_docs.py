@@ -75,3 +75,13 @@ def test_example_inputs_for_the_curl_examples(tmp_path):
         assert 0 < m.histogram()[255] < 512 * 512  # something to repaint, something kept
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "python -m scripts.example_inputs" in readme and "pip install segmind pillow" in readme
+
+
+def test_api_contents_list_every_section_in_order():
+    """docs/API.md's contents: one entry per `##` section, titled as the section and linking to it."""
+    text = FENCE.sub("", (REPO / "docs" / "API.md").read_text(encoding="utf-8"))
+    sections = re.findall(r"^##\s+(.+?)\s*$", text, re.M)
+    contents = re.findall(r"^- \[([^\]]+)\]\(#([^)]+)\)$", text.split("\n## ", 1)[0], re.M)
+    assert [title for title, _ in contents] == sections
+    for title, anchor in contents:
+        assert anchor == re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-"), title
