@@ -87,8 +87,9 @@ def public_url_problem(settings: Settings) -> str | None:
             f"built from it, never from the Host header a client sends.")
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening address, taken before anything slow runs, so a busy port fails at once and clearly."""
+def bind(host: str, port: int, demo: bool = False) -> socket.socket:
+    """The listening address, taken before anything slow runs, so a busy port fails at once and clearly.
+    `demo`: the server was started for the demo model, so the advice names the command that was run."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -98,7 +99,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             sys.exit(f"error: port {port} on {host} is already in use (another server, or an earlier one still "
-                     f"running). Stop it, or pick another port: PORT={port + 1} make serve")
+                     f"running). Stop it, or pick another port: PORT={port + 1} make {'demo' if demo else 'serve'}")
         sys.exit(f"error: cannot listen on {host}:{port} ({exc.strerror}). Check HOST and PORT.")
     return sock
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     if problem := state_dir_problem(Path(settings.state_dir)) or public_url_problem(settings):
         sys.exit(f"error: {problem}")
     lock = lock_state_dir(Path(settings.state_dir))  # held until the process exits
-    sock = bind(settings.host, settings.port)
+    sock = bind(settings.host, settings.port, args.demo)
     prepare_model(settings, args.demo)
     generated = ensure_api_key(settings)
     app = create_app(build_embedded(settings))  # the worker process loads the model

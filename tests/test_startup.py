@@ -65,15 +65,17 @@ def test_unusable_state_dir(tmp_path):
     assert not (tmp_path / ".models").exists()  # refused before building anything
 
 
-def test_port_in_use(tmp_path):
+@pytest.mark.parametrize("args, command", [(["--demo"], "make demo"), ([], "make serve")])
+def test_port_in_use(tmp_path, args, command):
+    """The advice names the command that was run: `make serve` would load the 2.1 GB model a demo user lacks."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, output = finished(run_service(tmp_path, "--demo", PORT=str(port)))
+        code, output = finished(run_service(tmp_path, *args, PORT=str(port), MODEL_DIR=str(tmp_path / "no-model")))
     assert code != 0 and "Traceback" not in output
-    assert f"port {port} on 127.0.0.1 is already in use" in output and f"PORT={port + 1}" in output
-    assert "serving on" not in output
+    assert f"port {port} on 127.0.0.1 is already in use" in output and f"PORT={port + 1} {command}" in output
+    assert "serving on" not in output and not (tmp_path / "no-model").exists()  # refused before the model
 
 
 def test_no_weights_and_no_hub_fails_fast(tmp_path):
