@@ -52,7 +52,7 @@ def pick_device() -> tuple[str, torch.dtype]:
 
 
 def weights_variant(model_dir: Path) -> str | None:
-    """Returns "fp16" when the directory holds the fp16 files scripts/download_weights.py fetches."""
+    """Returns "fp16" when the directory holds the fp16 files weights/download.py fetches."""
     if (model_dir / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists():
         return "fp16"
     return None

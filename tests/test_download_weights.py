@@ -1,4 +1,4 @@
-"""File selection of scripts/download_weights.py against the real repository's listing."""
+"""File selection of weights/download.py against the real repository's listing."""
 
 import pytest
 
