@@ -116,6 +116,20 @@ class FailedBody(BaseModel):
     warnings: list[str] = warnings_field()
 
 
+class HealthResponse(BaseModel):
+    """GET /health: whether the service can take jobs, and what it serves."""
+
+    status: str = Field(description="ok (ready for jobs), loading (the model is loading; jobs queue meanwhile), "
+                                    "degraded (the job store or result storage is failing; `error` says how), "
+                                    "or error (the worker tier cannot run jobs; `error` says why).")
+    model: str = Field(description="The model served (the tiny random-weight model in demo mode).")
+    demo: bool = Field(description="True when serving the tiny random-weight demo model, which paints noise.")
+    device: str | None = Field(description="Where jobs run: cpu, cuda:0, or modal:<GPU type>; null until the "
+                                           "model has loaded.")
+    queue_depth: int | None = Field(description="Jobs queued or running; null when the job store cannot be read.")
+    error: str | None = Field(description="Why the status is error or degraded; null otherwise.")
+
+
 class UsageDay(BaseModel):
     date: str = Field(description="UTC day, YYYY-MM-DD (jobs count on the day they ended).")
     jobs: int = Field(description="Jobs that used the GPU (completed, or failed after running).")

@@ -12,6 +12,7 @@ from segmind import SegmindClient
 from segmind.exceptions import SegmindError
 from segmind.v2 import InferenceFailed
 
+from schemas import HealthResponse
 from tests.images import b64_png, box_mask, data_uri, gradient_image, png_bytes
 from tests.servers import KEY_A, KEY_B, SlowInpainter, StaticHost, api_server, make_settings
 
@@ -212,6 +213,16 @@ def test_cancel_queued_job(tmp_path, tiny_model_dir, inpainter):
 def test_health_needs_no_key(server):
     body = httpx.get(f"{server.url}/health").json()
     assert body["status"] == "ok" and body["device"] == "cpu" and "queue_depth" in body
+    assert HealthResponse.model_validate(body).model_dump() == body  # nothing missing, nothing more
+
+
+def test_health_is_documented(server):
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    answer = spec["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/HealthResponse"}
+    fields = spec["components"]["schemas"]["HealthResponse"]["properties"]
+    assert set(fields) == {"status", "model", "demo", "device", "queue_depth", "error"}
+    assert all(field.get("description") for field in fields.values())
 
 
 def test_openapi_and_docs(server):

@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from service.http.errors import ApiError
 from service.jobs.limits import USAGE_DAYS
 from service.jobs.errors import StoreUnavailable
-from schemas import UsageResponse
+from schemas import HealthResponse, UsageResponse
 from service.http.routes.deps import caller, jobs_of
 from service.http.routes.docs import ERRORS_DOC
 
@@ -22,8 +22,8 @@ def playground():
     return HTMLResponse(PLAYGROUND_HTML.read_text(encoding="utf-8"))
 
 
-@router.get("/health", tags=["ops"], operation_id="health", summary="Service health",
-            description="`status` is ok, loading or error; `queue_depth` counts jobs queued or running.")
+@router.get("/health", tags=["ops"], operation_id="health", summary="Service health", response_model=HealthResponse,
+            description="`status` is ok, loading, degraded or error; `queue_depth` counts jobs queued or running.")
 async def health(request: Request):
     jobs = jobs_of(request)
     dispatcher = jobs.dispatcher
