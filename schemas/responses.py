@@ -135,7 +135,9 @@ class UsageDay(BaseModel):
     jobs: int = Field(description="Jobs that used the GPU (completed, or failed after running).")
     images: int = Field(description="Images delivered.")
     gpu_seconds: float = Field(description="Sum of the jobs' metrics.gpu_seconds.")
-    cost_usd: float = Field(description="Sum of the jobs' metrics.cost_usd (0 when no GPU type is set).")
+    cost_usd: float | None = Field(
+        description="Sum of the jobs' metrics.cost_usd; null when a job of that day has no price (its "
+                    "metrics.cost_usd is null: the deployment sets no GPU type, e.g. on CPU); 0 on a day without jobs.")
 
 
 class UsageResponse(BaseModel):

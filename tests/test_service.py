@@ -225,6 +225,18 @@ def test_health_is_documented(server):
     assert all(field.get("description") for field in fields.values())
 
 
+def test_cost_is_null_on_cpu_in_metrics_and_usage(http):
+    """No GPU type set: no price is known, so the job's cost and its day's cost are null, not 0."""
+    sync = http.post(f"/v1/{SLUG}", json=BODY)
+    assert sync.status_code == 200 and float(sync.headers["x-gpu-seconds"]) > 0 and "x-cost-usd" not in sync.headers
+    request_id = http.post(f"/v2/{SLUG}", json=BODY).json()["request_id"]
+    wait_terminal(http, request_id)
+    metrics = http.get(f"/v2/requests/{request_id}").json()["metrics"]
+    assert metrics["gpu_seconds"] > 0 and metrics["cost_usd"] is None
+    today = http.get("/usage", params={"days": 1}).json()["days"][0]
+    assert today["jobs"] >= 2 and today["gpu_seconds"] > 0 and today["cost_usd"] is None
+
+
 def test_openapi_and_docs(server):
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert f"/v2/{{slug}}" in spec["paths"] and "/v2/requests/{request_id}/status" in spec["paths"]

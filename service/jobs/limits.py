@@ -114,8 +114,9 @@ USAGE_DAYS = 31  # how far back GET /usage reaches (and what Modal's sweep keeps
 
 def add_usage(counters: Counters, record: JobRecord) -> None:
     """Count a job that used the GPU into its key's usage for the UTC day it ended: jobs, images delivered,
-    GPU seconds and their cost. Failed jobs count their GPU seconds and cost but no images. One document per
-    key holds its last USAGE_DAYS days (one store call to add, to read, or to keep alive)."""
+    GPU seconds and their cost. Failed jobs count their GPU seconds and cost but no images. A job with no price
+    (cost_usd None: no GPU type set) makes its day's cost None too, as in the job's metrics: unknown, not free.
+    One document per key holds its last USAGE_DAYS days (one store call to add, to read, or to keep alive)."""
     day, images = _day(record.finished_at or time.time()), len(record.images)
 
     def add(doc):
@@ -124,7 +125,8 @@ def add_usage(counters: Counters, record: JobRecord) -> None:
         totals["jobs"] += 1
         totals["images"] += images
         totals["gpu_seconds"] += record.gpu_seconds or 0.0
-        totals["cost_usd"] += record.cost_usd or 0.0
+        known = record.cost_usd is not None and totals["cost_usd"] is not None
+        totals["cost_usd"] = totals["cost_usd"] + record.cost_usd if known else None
         days[day] = totals
         return {"days": days}, None
 
@@ -139,7 +141,8 @@ def daily_usage(counters: Counters, owner: str, days: int, now: float | None = N
     for back in range(days):
         day = _day(now - back * 86400)
         totals = recorded.get(day, {})
+        cost = totals.get("cost_usd", 0.0)
         out.append({"date": day, "jobs": totals.get("jobs", 0), "images": totals.get("images", 0),
                     "gpu_seconds": round(totals.get("gpu_seconds", 0.0), 4),
-                    "cost_usd": round(totals.get("cost_usd", 0.0), 8)})
+                    "cost_usd": None if cost is None else round(cost, 8)})
     return out

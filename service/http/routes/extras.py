@@ -47,7 +47,8 @@ async def health(request: Request):
 @router.get("/usage", tags=["account"], operation_id="usage", response_model=UsageResponse, responses=ERRORS_DOC,
             summary="Your key's usage per day",
             description="Jobs, images, GPU seconds and their cost in USD per UTC day for the calling key, "
-                        "newest first. Cost is priced at the deployment's GPU type (0 when none is set).")
+                        "newest first. Cost is priced at the deployment's GPU type; null for a day with jobs that "
+                        "have no price, as in their metrics (no GPU type is set, e.g. on CPU).")
 async def usage(request: Request, days: int = Query(7, ge=1, le=USAGE_DAYS,
                                                    description=f"How many days back, 1..{USAGE_DAYS}."),
                 owner: str = Security(caller)):
