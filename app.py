@@ -126,9 +126,13 @@ dicts = {
     "expiry": modal.Dict.from_name(cfg.expiry_dict, create_if_missing=True),
     "counters": modal.Dict.from_name(cfg.counters_dict, create_if_missing=True),
 }
+# Job inputs and results, written and read through the Volume's API (service/stores/volume_files.py), unless
+# INPAINT_S3_SECRET names a Secret with S3_BUCKET: then they go to that bucket and the Volume stays empty.
+files = modal.Volume.from_name(cfg.files_volume, create_if_missing=True, version=2)
 api_keys_secret = modal.Secret.from_name(cfg.api_keys_secret)  # API_KEYS (and KEY_CREDITS if used)
-s3_secret = modal.Secret.from_name(cfg.s3_secret)  # S3_BUCKET, AWS_REGION, AWS_* credentials
 webhook_secret = modal.Secret.from_name(cfg.webhook_secret)  # WEBHOOK_SECRET (whsec_...)
+# What the functions that touch inputs and results get: S3_BUCKET, AWS_REGION, AWS_* credentials, if any.
+storage_secrets = [modal.Secret.from_name(cfg.s3_secret)] if cfg.s3_secret else []
 runtime_env = checked_env()
 # Modal's limit covers one call; a batched call may run its jobs in turn (those that cannot share a pipeline
 # call, or all of them again one by one after a failed batch call), each under its own JOB_TIMEOUT_SECONDS,
@@ -139,14 +143,14 @@ SWEEP_TIMEOUT = cfg.sweep_minutes * 60
 
 
 def _settings() -> Settings:
-    """Runtime settings from env + Secrets. On Modal, inputs and results must go to S3 (containers share no
-    disk)."""
+    """Runtime settings from env + Secrets."""
     from service.logs import configure_logging
 
     configure_logging()
     settings = Settings()
-    if not settings.s3_bucket and not modal.is_local():
-        raise RuntimeError(f"S3_BUCKET is not set: add it to the Modal Secret {cfg.s3_secret!r} (see README)")
+    if cfg.s3_secret and not settings.s3_bucket and not modal.is_local():
+        raise RuntimeError(f"S3_BUCKET is not set: add it to the Modal Secret {cfg.s3_secret!r}, or deploy without "
+                           f"INPAINT_S3_SECRET to keep inputs and results in the Volume {cfg.files_volume!r}")
     return settings
 
 
@@ -161,7 +165,7 @@ def _backend(settings: Settings, dispatching: bool = False):
 
     spawn = (lambda job_id: Inpainter().run.spawn(job_id)) if dispatching else None
     return build_modal(settings, dicts, spawn=spawn, call_from_id=modal.FunctionCall.from_id, gpu=cfg.gpu,
-                       on_terminal=spawn_webhook)
+                       on_terminal=spawn_webhook, files_volume=files)
 
 
 def current_weights_dir() -> Path:
@@ -173,7 +177,7 @@ def current_weights_dir() -> Path:
     image=gpu_image,
     gpu=cfg.gpu,
     volumes={WEIGHTS_ROOT: weights.with_mount_options(read_only=True), COMPILE_CACHE: compile_cache},
-    secrets=[s3_secret],
+    secrets=storage_secrets,
     env=runtime_env,
     scaledown_window=cfg.scaledown_window,
     min_containers=cfg.min_containers,
@@ -287,7 +291,7 @@ class Inpainter:
             return self._run([job_id])[0]
 
 
-@app.function(image=web_image, secrets=[api_keys_secret, s3_secret], env=runtime_env, scaledown_window=300)
+@app.function(image=web_image, secrets=[api_keys_secret, *storage_secrets], env=runtime_env, scaledown_window=300)
 @modal.concurrent(max_inputs=cfg.web_max_inputs)
 @modal.asgi_app()
 def web():
@@ -296,7 +300,7 @@ def web():
     return create_app(_backend(_settings(), dispatching=True))
 
 
-@app.function(image=jobs_image, secrets=[api_keys_secret, s3_secret], env=runtime_env, timeout=SWEEP_TIMEOUT,
+@app.function(image=jobs_image, secrets=[api_keys_secret, *storage_secrets], env=runtime_env, timeout=SWEEP_TIMEOUT,
               schedule=modal.Period(minutes=cfg.sweep_minutes))
 def sweep():
     """Forget expired jobs and their objects; re-dispatch once (then fail) jobs whose GPU call died; fail queued
@@ -311,7 +315,7 @@ def sweep():
     print("sweep: " + ", ".join(f"{what}: {'failed' if count is None else count}" for what, count in done.items()))
 
 
-@app.function(image=jobs_image, secrets=[s3_secret, webhook_secret], env=runtime_env, timeout=300)
+@app.function(image=jobs_image, secrets=[*storage_secrets, webhook_secret], env=runtime_env, timeout=300)
 def deliver_webhook(job_id: str):
     """POST a finished job's signed final body to its webhook_url, with retries (off the GPU)."""
     from service.jobs.bodies import final_body

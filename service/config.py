@@ -216,9 +216,10 @@ class DeployConfig(BaseSettings):
     expiry_dict: str = "inpaint-expiry"
     counters_dict: str = "inpaint-counters"
     weights_volume: str = "inpaint-weights"
+    files_volume: str = "inpaint-files"  # job inputs and results, unless the S3 Secret names a bucket
     records_dict: str = "inpaint-jobs"
     api_keys_secret: str = "inpaint-api-keys"
-    s3_secret: str = "inpaint-s3"
+    s3_secret: str = ""  # a Modal Secret with S3_BUCKET and credentials: inputs and results in S3/R2 instead
     webhook_secret: str = "inpaint-webhooks"
     sweep_minutes: int = Field(5, ge=1)
     # Dynamic batching on the GPU class (modal.batched); 1 = off.

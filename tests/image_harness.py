@@ -247,11 +247,12 @@ async def lifespan(asgi):
 def check_web(app, request) -> dict:
     import httpx
 
-    from tests.standins import standin_dicts
+    from tests.standins import StandInVolume, standin_dicts
 
     key = "sk-image-test-key"
     os.environ["API_KEYS"] = key
     app.dicts = standin_dicts()
+    app.files = StandInVolume()  # inputs and results, as deployed
     asgi = app.web.local()
     body = {"prompt": "a chair", "image": base64.b64encode(png(64, 64)).decode(),
             "mask": base64.b64encode(png(64, 64, mask=True)).decode(), "seed": 1}
@@ -296,9 +297,11 @@ def check_web(app, request) -> dict:
 
 
 def check_sweep(app, request) -> dict:
-    from tests.standins import standin_dicts
+    from tests.standins import StandInVolume, standin_dicts
 
     app.dicts = standin_dicts()
+
+    app.files = StandInVolume()  # inputs and results, as deployed
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         app.sweep.local()
@@ -322,7 +325,7 @@ class Receiver(BaseHTTPRequestHandler):
 def check_deliver_webhook(app, request) -> dict:
     from service.backend import build_modal
     from service.jobs.records import JobRecord, StoredImage
-    from tests.standins import standin_dicts
+    from tests.standins import StandInVolume, standin_dicts
 
     secret_key = os.urandom(32)
     secret = "whsec_" + base64.b64encode(secret_key).decode()
@@ -331,7 +334,9 @@ def check_deliver_webhook(app, request) -> dict:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         app.dicts = standin_dicts()
-        jobs = build_modal(app._settings(), app.dicts).jobs  # no on_terminal: the delivery under test is ours
+        app.files = StandInVolume()  # inputs and results, as deployed
+        # no on_terminal: the delivery under test is ours
+        jobs = build_modal(app._settings(), app.dicts, files_volume=app.files).jobs
         now = time.time()
         job_id = "webhook-job"
         jobs.records.create(JobRecord(id=job_id, owner="o", params={"prompt": "a chair"}, created_at=now,
@@ -381,12 +386,13 @@ def check_inpainter(app, request) -> dict:
     from inference.schedulers import SCHEDULER_TABLE, SchedulerCache
     from service.backend import build_modal
     from service.jobs.records import JobRecord
-    from tests.standins import standin_dicts
+    from tests.standins import StandInVolume, standin_dicts
 
     model_dir = Path(request["tiny_model_dir"])
     os.environ["MODEL_DIR"] = str(model_dir)
     app.dicts = standin_dicts()
-    jobs = build_modal(app._settings(), app.dicts).jobs
+    app.files = StandInVolume()  # inputs and results, as deployed
+    jobs = build_modal(app._settings(), app.dicts, files_volume=app.files).jobs
     now = time.time()
     image, mask = png(512, 512), png(512, 512, mask=True)
     inpainter = app.Inpainter()

@@ -155,3 +155,82 @@ class StandInSpawner:
 
     def from_id(self, call_id):
         return self.calls[call_id]
+
+
+class _VolumeUpload:
+    """`Volume.batch_upload()`'s context: files are read and sent when the block ends; without force an upload onto
+    an existing file raises FileExistsError, as modal 1.6.4's does (volume.py, both Volume versions)."""
+
+    def __init__(self, volume: "StandInVolume", force: bool):
+        self.volume, self.force, self.files = volume, force, []
+
+    def __enter__(self):
+        return self
+
+    def put_file(self, local_file, remote_path) -> None:
+        if str(remote_path).endswith("/"):
+            raise ValueError(f"remote_path ({remote_path}) must refer to a file - cannot end with /")
+        self.files.append((local_file, StandInVolume.normal(remote_path)))
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.volume._enter()
+            with self.volume._lock:
+                for local_file, path in self.files:
+                    if path in self.volume.files and not self.force:
+                        raise FileExistsError(f"{path} already exists")
+                for local_file, path in self.files:
+                    self.volume.files[path] = local_file.read()
+
+
+class StandInVolume:
+    """modal.Volume's API without a mount (batch_upload/put_file, read_file, remove_file), each call one round trip
+    (`calls`, `latency` seconds each). As in modal 1.6.4: read_file is a generator of chunks that raises
+    FileNotFoundError for a missing path when read; remove_file of a missing path raises FileNotFoundError, and of
+    a folder with files in it, without recursive, an error. Folders exist while files are in them; paths are the
+    same with or without a leading slash."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, latency: float = 0.0):
+        self.files: dict[str, bytes] = {}
+        self.latency = latency
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def normal(path) -> str:
+        return str(path).strip("/")
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.calls += 1
+        if self.latency:
+            time.sleep(self.latency)
+
+    def batch_upload(self, force: bool = False) -> _VolumeUpload:
+        return _VolumeUpload(self, force)
+
+    def read_file(self, path):
+        self._enter()
+        with self._lock:
+            data = self.files.get(self.normal(path))
+        if data is None:
+            raise FileNotFoundError(f"No such file: {path}")
+        for start in range(0, max(len(data), 1), self.CHUNK):
+            yield data[start:start + self.CHUNK]
+
+    def remove_file(self, path, recursive: bool = False) -> None:
+        self._enter()
+        target = self.normal(path)
+        with self._lock:
+            inside = [name for name in self.files if name.startswith(target + "/")]
+            if target in self.files:
+                del self.files[target]
+            elif not inside:
+                raise FileNotFoundError(f"No such file or directory: {path}")
+            elif not recursive:
+                raise RuntimeError(f"{path} is a directory with files in it; pass recursive=True")
+            else:
+                for name in inside:
+                    del self.files[name]

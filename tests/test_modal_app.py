@@ -19,7 +19,7 @@ from service.stores.sqlite import FileInputs, SQLiteState
 from tests.conftest import REPO
 from tests.images import box_mask, gradient_image, png_bytes
 from tests.image_envs import app_functions
-from tests.standins import standin_dicts
+from tests.standins import StandInVolume, standin_dicts
 
 HEAVY = ("torch", "diffusers", "transformers", "xformers", "accelerate", "scipy", "torchsde")
 
@@ -69,10 +69,10 @@ def test_app_layout_and_knobs(recorded_app):
 
     module, recorded = recorded_app
     assert set(recorded) == {"Inpainter", "web", "sweep", "download_weights", "deliver_webhook"}
-    assert recorded["deliver_webhook"]["secrets"] == [module.s3_secret, module.webhook_secret]
+    assert recorded["deliver_webhook"]["secrets"] == [module.webhook_secret]  # results in the files Volume
     assert recorded["deliver_webhook"]["image"] is recorded["sweep"]["image"] is module.jobs_image
     assert recorded["download_weights"]["image"] is module.download_image
-    assert recorded["sweep"]["secrets"] == [module.api_keys_secret, module.s3_secret]  # it keeps credits alive
+    assert recorded["sweep"]["secrets"] == [module.api_keys_secret]  # it keeps credits alive
     gpu = recorded["Inpainter"]
     assert gpu["gpu"] == "A10G"
     assert (gpu["min_containers"], gpu["max_containers"], gpu["buffer_containers"]) == (0, 7, 1)
@@ -84,10 +84,10 @@ def test_app_layout_and_knobs(recorded_app):
     assert gpu["enable_memory_snapshot"] is True and gpu["experimental_options"] is None
     assert gpu["image"] is module.gpu_image
     assert list(gpu["volumes"]) == ["/weights", "/compile-cache"]
-    assert gpu["secrets"] == [module.s3_secret]
+    assert gpu["secrets"] == []
     web = recorded["web"]
     assert web["image"] is module.web_image and "gpu" not in web
-    assert web["secrets"] == [module.api_keys_secret, module.s3_secret]
+    assert web["secrets"] == [module.api_keys_secret]
     assert float(web["env"]["V1_TIMEOUT_SECONDS"]) < 150  # Modal web requests stop at 150 s
     assert isinstance(recorded["sweep"]["schedule"], modal.Period)
     assert recorded["download_weights"]["volumes"]["/weights"] is module.weights
@@ -195,7 +195,8 @@ def test_inpainter_run_local_end_to_end(recorded_app, monkeypatch, tiny_model_di
     monkeypatch.setenv("MODEL_DIR", str(tiny_model_dir))
     monkeypatch.setenv("STATE_DIR", str(tmp_path))
     monkeypatch.setattr(module, "dicts", standin_dicts())
-    jobs = build_modal(module._settings(), module.dicts).jobs
+    monkeypatch.setattr(module, "files", StandInVolume())
+    jobs = build_modal(module._settings(), module.dicts, files_volume=module.files).jobs
     now = time.time()
     jobs.records.create(JobRecord(id="j1", owner="o", params={"prompt": "a chair", "seed": 5}, created_at=now,
                                   expires_at=now + 60))
@@ -204,7 +205,8 @@ def test_inpainter_run_local_end_to_end(recorded_app, monkeypatch, tiny_model_di
     assert result["record"]["status"] == "COMPLETED" and result["record"]["seeds"] == [5]
     assert jobs.records.get("j1").status == JobStatus.COMPLETED and jobs.inputs.get("j1") is None
     key = result["record"]["images"][0]["key"]
-    assert (tmp_path / "results" / key).read_bytes() == result["files"][0][0]
+    assert module.files.files[key] == result["files"][0][0]  # in the files Volume, read back by the web tier
+    assert not [name for name in module.files.files if name.startswith("inputs/")]  # inputs deleted at the end
     assert jobs.records.unfinished() == 0
 
 
@@ -259,7 +261,8 @@ def test_batching_knob_makes_run_a_modal_batched_method_that_runs_jobs_together(
         monkeypatch.setenv("BATCH_MAX_IMAGES", module.runtime_env["BATCH_MAX_IMAGES"])
         monkeypatch.setenv("GPU_TYPE", module.runtime_env["GPU_TYPE"])
         monkeypatch.setattr(module, "dicts", standin_dicts())
-        jobs = build_modal(module._settings(), module.dicts).jobs
+        monkeypatch.setattr(module, "files", StandInVolume())
+        jobs = build_modal(module._settings(), module.dicts, files_volume=module.files).jobs
         assert jobs.dispatcher.batched  # never cancels a FunctionCall: that would cancel its batch-mates
         now = time.time()
         for job_id, seed in (("j1", 5), ("j2", 6)):

@@ -26,7 +26,7 @@ from service.stores.modal_dispatch import outcome_to_wire
 from service.jobs.worker import run_job
 from tests.images import box_mask, gradient_image, png_bytes
 from tests.servers import KEY_A, ApiServer, free_port, make_settings
-from tests.standins import StandInSpawner, standin_dicts
+from tests.standins import StandInSpawner, StandInVolume, standin_dicts
 from tests.test_service import BODY, SLUG, sdk, wait_terminal
 
 BUDGET = 10
@@ -39,6 +39,7 @@ class Deployment:
     def __init__(self, tmp_path, model_dir, inpainter, containers=1, spawn_error=None):
         self.settings = make_settings(tmp_path, model_dir, key_credits={KEY_A: BUDGET})
         self.dicts = standin_dicts()
+        self.files = StandInVolume()  # inputs and results, as on Modal by default
         self.webhooks: list[str] = []
         self.runs: list[str] = []
         self.gate = threading.Event()
@@ -50,7 +51,7 @@ class Deployment:
 
     def _backend(self, spawn=None):
         return build_modal(self.settings, self.dicts, spawn=spawn, call_from_id=self.spawner.from_id, gpu="L4",
-                           on_terminal=lambda record: self.webhooks.append(record.id))
+                           on_terminal=lambda record: self.webhooks.append(record.id), files_volume=self.files)
 
     def _spawn(self, job_id):
         if self.spawn_error is not None:

@@ -12,8 +12,7 @@ from service.http.docs_ui import install_docs
 from service.http.errors import install_error_handlers
 from service.http.inputs import FetchLimits, make_client
 from service.http.poll_limit import PollLimiter
-from service.http.routes import extras, v1, v2
-from service.stores.results import LocalStorage
+from service.http.routes import extras, files, v1, v2
 
 DESCRIPTION = ("Stable Diffusion 1.5 inpainting, compatible with Segmind's sd1.5-inpainting API. "
                "Authenticate with the `x-api-key` header (or `Authorization: Bearer`). "
@@ -56,6 +55,6 @@ def create_app(backend: Backend) -> FastAPI:
     app.include_router(extras.router)
     app.include_router(v1.router)
     app.include_router(v2.router)
-    if isinstance(backend.jobs.storage, LocalStorage):
-        app.include_router(extras.files_router)
+    if getattr(backend.jobs.storage, "served_here", False):
+        app.include_router(files.router)
     return app

@@ -94,6 +94,8 @@ class PendingWebhooks(Protocol):
 
 
 class ResultStorage(Protocol):
+    served_here: bool  # the web tier answers /files/<key> (local disk, a modal.Volume); else clients fetch url()
+
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store an object; StorageError after retries."""
 

@@ -1,5 +1,6 @@
-"""Where result images go: local disk (embedded default) or any S3-compatible bucket. On Modal the job inputs
-go there too (service/stores/object_inputs.py)."""
+"""Where result images go: local disk (embedded default), a modal.Volume (Modal's default,
+service/stores/volume_files.py) or any S3-compatible bucket. On Modal the job inputs go there too
+(service/stores/object_inputs.py)."""
 
 import logging
 import os
@@ -35,6 +36,8 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 4, first_de
 
 class LocalStorage:
     """Files under STATE_DIR/results, served by the API at /files/<key> (the key holds a random token)."""
+
+    served_here = True  # the web tier answers /files/<key>
 
     def __init__(self, root: Path, retries: int = 4):
         self.root = root
@@ -88,6 +91,8 @@ class LocalStorage:
 
 class S3Storage:
     """S3 / R2 / MinIO via boto3; results are read through presigned GET URLs (s3v4)."""
+
+    served_here = False  # clients fetch from the bucket
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
                  public_base_url: str | None = None, client=None, retries: int = 4, region: str | None = None):
@@ -150,8 +155,13 @@ class S3Storage:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
 
-def make_storage(settings) -> ResultStorage:
+def make_storage(settings, volume=None) -> ResultStorage:
+    """S3 when S3_BUCKET is set; else the given modal.Volume (Modal's default); else files under STATE_DIR."""
     if settings.s3_bucket:
         return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_public_base_url,
                          retries=settings.storage_retries, region=settings.s3_region)
+    if volume is not None:
+        from service.stores.volume_files import VolumeStorage
+
+        return VolumeStorage(volume, retries=settings.storage_retries)
     return LocalStorage(Path(settings.state_dir) / "results", retries=settings.storage_retries)

@@ -1,9 +1,9 @@
-"""Beyond the Segmind API: the playground page, /health, and result files served from local disk."""
+"""Beyond the Segmind API: the playground page, /health and /usage."""
 
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Request, Security
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse
 
 from service.http.errors import ApiError
 from service.jobs.limits import USAGE_DAYS
@@ -55,18 +55,3 @@ async def usage(request: Request, days: int = Query(7, ge=1, le=USAGE_DAYS,
     jobs = jobs_of(request)
     return UsageResponse(days=await jobs.waiting.read(jobs.waiting.usage, owner, days))
 
-
-files_router = APIRouter()
-
-
-@files_router.get("/files/{request_id}/{token}/{name}", tags=["results"], include_in_schema=False)
-async def get_file(request_id: str, token: str, name: str, request: Request):
-    jobs = jobs_of(request)
-    """Result files on local disk (embedded); the random token in the path is the credential."""
-    record = await jobs.waiting.read(jobs.records.get, request_id)
-    key = f"{request_id}/{token}/{name}"
-    match = record and next((img for img in record.images if img.key == key), None)
-    path = jobs.storage.path_for(key) if match else None
-    if not match or path is None or not path.is_file():
-        raise ApiError(404, "file not found or expired")
-    return FileResponse(path, media_type=match.content_type, headers={"cache-control": "private, max-age=3600"})
