@@ -75,6 +75,9 @@ def test_example_inputs_for_the_curl_examples(tmp_path):
         assert 0 < m.histogram()[255] < 512 * 512  # something to repaint, something kept
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "python -m scripts.example_inputs" in readme and "pip install segmind pillow" in readme
+    # The examples write into a temporary folder, never into the clone they are run from.
+    assert 'python -m scripts.example_inputs "$OUT"' in readme
+    assert all(target.startswith('"$OUT/') for target in re.findall(r" -o (\S+)", readme))
 
 
 def test_api_contents_list_every_section_in_order():
