@@ -295,7 +295,7 @@ def test_modal_backends_serve_the_sdk_flows(modal_server):
 
 
 @pytest.mark.parametrize("active", [10, 1_000, 10_000])
-def test_store_cost_per_request_does_not_grow_with_the_queue(deployment, active, capsys):
+def test_store_cost_per_request_does_not_grow_with_the_queue(deployment, active):
     """What a submit, a status poll (and each round of a long-poll) and /health cost on the Dicts, counted as the
     real modal.Dict costs (round trips, plus every entry a stream sends or len() counts), with 10, 1,000 and
     10,000 jobs waiting. The queue depth is re-read at most once a second per container, so /health and the
@@ -319,11 +319,10 @@ def test_store_cost_per_request_does_not_grow_with_the_queue(deployment, active,
     status, body = cost(lambda: d.web.waiting.status(record))
     poll, _ = cost(lambda: d.web.waiting._view(job_id))
     health, depth = cost(d.web.records.unfinished)
-    with capsys.disabled():
-        print(f"\n{active} active: Dict cost of a submit {submit}, a QUEUED status {status}, one long-poll "
-              f"round {poll}, /health {health}")
     assert body.queue_position == active and depth == active + 1
-    assert (submit, status, poll, health) == (7, 1, 3, 0)
+    assert (submit, status, poll, health) == (7, 1, 3, 0), (f"{active} active: Dict cost of a submit {submit}, a "
+                                                            f"QUEUED status {status}, one long-poll round {poll}, "
+                                                            f"/health {health}")
 
 
 def dict_cost(d) -> int:
