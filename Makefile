@@ -13,7 +13,7 @@ TORCH_INDEX ?= auto
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TINY_MODEL ?= .models/tiny-sd-inpainting
 
-.PHONY: venv test demo serve tiny-model clean bench-serving bench-floor bench-cold-start bench-gpu load-test
+.PHONY: venv test demo serve tiny-model clean bench-serving bench-floor bench-cold-start bench-gpu load-test deploy teardown
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,3 +62,9 @@ bench-gpu: $(STAMP)
 
 load-test: $(STAMP)
 	$(BIN)/python -m scripts.load_test
+
+deploy: $(STAMP)
+	$(BIN)/python -m scripts.modal_deploy
+
+teardown: $(STAMP)
+	$(BIN)/python -m scripts.modal_teardown

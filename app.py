@@ -19,7 +19,7 @@ from pathlib import Path
 
 import modal
 
-from service.config import DeployConfig, Settings
+from service.config import DERIVED_SETTINGS, DeployConfig, Settings
 
 cfg = DeployConfig()
 WEIGHTS_ROOT = "/weights"
@@ -51,9 +51,8 @@ GPU_PACKAGES = JOBS_PACKAGES + [
 DOWNLOAD_PACKAGES = CONFIG_PACKAGES + ["huggingface-hub==2.4.0", "httpx==0.28.1"]
 IGNORE = ["**/__pycache__/**", "**/*.pyc"]
 
-# Settings that are not secrets travel as plain environment; keys, credits and S3 credentials come from Secrets,
-# and a few do not apply or follow from the deploy knobs (GPU_TYPE is INPAINT_GPU, whatever the shell says).
-DERIVED_SETTINGS = {"api_keys", "webhook_secret", "key_credits", "host", "port", "state_dir", "model_dir", "gpu_type"}
+# Settings that are not secrets travel as plain environment; the others (DERIVED_SETTINGS) come from Secrets or
+# do not apply.
 
 
 def gpu_price_env() -> dict[str, str]:

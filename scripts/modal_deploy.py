@@ -1,0 +1,112 @@
+"""Deploy to Modal with nothing but a Modal account: `make deploy` (python -m scripts.modal_deploy).
+
+1. Knobs: the INPAINT_* and runtime settings (GPU, containers, limits, ...) of the last deploy from this clone
+   are kept in .modal-deploy.env and used again; a variable set in the environment now replaces one, and every
+   change is printed before anything happens. `modal deploy app.py` alone would reset a knob not passed again.
+2. Secrets: the API-key and webhook Secrets are created with generated values when missing. A generated API key
+   is printed once and kept in .modal-api-key (mode 600; both files are git-ignored). Existing Secrets are
+   never changed.
+3. Weights: when the weight Volume has none, `modal run app.py::download_weights` fills it first (about 2.1 GB
+   from the Hugging Face hub, no token needed).
+4. `modal deploy app.py`, with the knobs as its environment; then the knobs are saved.
+
+    python -m scripts.modal_deploy [--dry-run]     # --dry-run: print the knobs and the plan, change nothing
+"""
+
+import argparse
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+KNOBS_FILE = Path(".modal-deploy.env")
+API_KEY_FILE = Path(".modal-api-key")
+
+
+def knob_names() -> set[str]:
+    """Environment variables a deploy reads: INPAINT_* (DeployConfig) and the runtime settings app.py hands to
+    the containers (those that are not secrets)."""
+    from service.config import DERIVED_SETTINGS, DeployConfig, Settings
+
+    names = {f"INPAINT_{name.upper()}" for name in DeployConfig.model_fields}
+    return names | {name.upper() for name in Settings.model_fields
+                    if name not in DERIVED_SETTINGS and not name.startswith("s3_")}
+
+
+def read_knobs(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    return {name.strip(): value for name, value in pairs}
+
+
+def write_knobs(path: Path, knobs: dict[str, str]) -> None:
+    lines = ["# The knobs of the last `make deploy` from this clone; edit, or set a variable to change one."]
+    path.write_text("\n".join(lines + [f"{name}={knobs[name]}" for name in sorted(knobs)]) + "\n")
+
+
+def merge_knobs(saved: dict[str, str], environ: dict[str, str], names: set[str]) -> tuple[dict[str, str], list[str]]:
+    """The knobs for this deploy (saved ones, replaced by any set in `environ`) and a line per change."""
+    knobs = dict(saved)
+    changes = []
+    for name in sorted(names & environ.keys()):
+        if saved.get(name) != environ[name]:
+            was = saved.get(name, "(default)")
+            changes.append(f"{name}: {was} -> {environ[name]}")
+        knobs[name] = environ[name]
+    return knobs, changes
+
+
+def generated_secrets(existing: set[str], cfg) -> dict[str, dict[str, str]]:
+    """The Secrets to create (name -> contents) for those app.py needs that do not exist yet."""
+    from service.jobs.webhooks import new_secret
+
+    wanted = {cfg.api_keys_secret: {"API_KEYS": "sk-" + secrets.token_urlsafe(24)},
+              cfg.webhook_secret: {"WEBHOOK_SECRET": new_secret()}}
+    return {name: contents for name, contents in wanted.items() if name not in existing}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+
+    knobs, changes = merge_knobs(read_knobs(KNOBS_FILE), dict(os.environ), knob_names())
+    if KNOBS_FILE.is_file():
+        print(f"knobs from the last deploy ({KNOBS_FILE}): " + (", ".join(f"{k}={v}" for k, v in sorted(knobs.items()))
+                                                             or "none"))
+    print("changed since the last deploy:\n  " + "\n  ".join(changes) if changes else "no knob changed")
+    env = {**os.environ, **knobs}
+    os.environ.update(knobs)  # DeployConfig below reads what the deploy will read
+    from service.config import DeployConfig
+
+    cfg = DeployConfig()
+    if args.dry_run:
+        print(f"would deploy app {cfg.app_name!r} on {cfg.gpu}; nothing changed (--dry-run)")
+        return 0
+
+    import modal
+
+    existing = {secret.name for secret in modal.Secret.objects.list()}
+    for name, contents in generated_secrets(existing, cfg).items():
+        modal.Secret.objects.create(name, contents)
+        print(f"created the Modal Secret {name!r}")
+        if "API_KEYS" in contents:
+            API_KEY_FILE.write_text(contents["API_KEYS"] + "\n")
+            API_KEY_FILE.chmod(0o600)
+            print(f"your API key (also in {API_KEY_FILE}): {contents['API_KEYS']}")
+
+    weights = modal.Volume.from_name(cfg.weights_volume, create_if_missing=True)
+    if "CURRENT" not in {entry.path.strip("/") for entry in weights.listdir("/")}:
+        print(f"no weights in the Volume {cfg.weights_volume!r} yet: downloading them once (about 2.1 GB)")
+        subprocess.run([sys.executable, "-m", "modal", "run", "app.py::download_weights"], env=env, check=True)
+
+    subprocess.run([sys.executable, "-m", "modal", "deploy", "app.py"], env=env, check=True)
+    write_knobs(KNOBS_FILE, knobs)
+    print(f"knobs saved to {KNOBS_FILE}; the next `make deploy` uses them unless you set others")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
