@@ -204,7 +204,7 @@ class DeployConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INPAINT_", extra="ignore")
 
     app_name: str = "inpaint"
-    gpu: str = "L4"  # a Modal GPU type (MODAL_GPU_TYPES); L4 (~$0.80/h) suits SD1.5; see README "Pick a GPU"
+    gpu: str = "L4"  # a Modal GPU type (MODAL_GPU_TYPES); L4 (~$0.80/h) suits SD1.5; see docs/DEPLOY.md "Pick a GPU"
     scaledown_window: int = Field(60, ge=2, le=3600)  # idle seconds before a GPU container stops
     min_containers: int = Field(0, ge=0)  # 0 = scale to zero
     max_containers: int = Field(4, ge=1)  # the cost cap: never more GPUs than this

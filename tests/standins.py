@@ -2,8 +2,8 @@
 code uses (modal.Dict: get/put(skip_if_exists)/pop/len/items/keys/contains; FunctionCall:
 object_id/get(+.aio)/cancel), and cost and fail the way the real ones do as read from modal 1.6.4's
 source: what a call costs (round trips, streamed entries, a counting len()), what a pending call raises
-(the builtin TimeoutError), what a missing key raises. What they cannot show is listed in README's
-"Deploy to Modal" section as checks for the first real deploy.
+(the builtin TimeoutError), what a missing key raises. What they cannot show is listed in docs/DEPLOY.md,
+"Not verified on a real deployment yet", as checks for the first real deploy.
 
 StandInDict can inject latency and pause a caller before a chosen operation, so tests can force the
 interleavings that happen between containers (a writer paused between its read and its write)."""
