@@ -1,14 +1,22 @@
-"""The playground page in headless Chromium (Debian's package) at 1280 px against a demo server: what a user sees.
+"""The playground page in headless Chromium (Debian's package) against a demo server: what a user sees, on a
+desktop (mouse) and on a phone's and a tablet's touch screen.
 
 Every request that leaves loopback is blocked (tests/browser.py)."""
 
+import base64
+import io
 import json
+import re
 import shutil
 import threading
+from pathlib import Path
 
 import httpx
+import numpy as np
+import pytest
+from PIL import Image
 
-from tests.browser import browser_page  # noqa: F401  (fixture)
+from tests.browser import browser, browser_page, open_page  # noqa: F401  (fixtures)
 from tests.images import b64_png, box_mask, gradient_image
 from tests.servers import KEY_A, api_server, make_settings
 
@@ -38,14 +46,19 @@ class HeldInpainter:
         return self.inner.run(request, image, mask, on_step=step)
 
 
-def load_and_paint(page, tmp_path, paint=True):
+def load_photo(page, tmp_path, size=(640, 480)):
     photo = tmp_path / "photo.png"
-    gradient_image(640, 480).save(photo)
+    gradient_image(*size).save(photo)
     page.fill("#key", KEY_A)
     page.set_input_files("#file", str(photo))
     page.wait_for_function("!document.getElementById('submit').disabled")
     box = page.locator("#paint").bounding_box()
-    assert abs(box["width"] / box["height"] - 640 / 480) < 0.01  # scaled to fit, aspect kept
+    assert abs(box["width"] / box["height"] - size[0] / size[1]) < 0.01  # scaled to fit, aspect kept
+    return box
+
+
+def load_and_paint(page, tmp_path, paint=True, size=(640, 480)):
+    box = load_photo(page, tmp_path, size)
     if paint:
         page.mouse.move(box["x"] + 100, box["y"] + 100)
         page.mouse.down()
@@ -56,8 +69,40 @@ def load_and_paint(page, tmp_path, paint=True):
     return box
 
 
-def right_edge(page, selector):
-    return page.evaluate(f"document.querySelector({selector!r}).getBoundingClientRect().right")
+def inside_its_panel(page, selector):
+    return page.evaluate(f"""(() => {{ const el = document.querySelector({selector!r});
+        return el.getBoundingClientRect().right <= el.closest('.panel, header').getBoundingClientRect().right; }})()""")
+
+
+def no_sideways_scroll(page, width):
+    return page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]") == [width, width]
+
+
+def touch_stroke(page, points):
+    """One finger down at the first point, along the others, lifted: Chromium's own touch input (CDP), which the
+    page gets as touch events and pointer events of pointerType "touch", and would take as a scroll gesture
+    (pointercancel) on an element without touch-action: none."""
+    cdp = page.context.new_cdp_session(page)
+    (x, y), *rest = points
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+    for x, y in rest:
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    cdp.detach()
+
+
+def mouse_stroke(page, points):
+    (x, y), *rest = points
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for x, y in rest:
+        page.mouse.move(x, y)
+    page.mouse.up()
+
+
+def sent_mask(post_data):
+    data_url = json.loads(post_data)["mask"]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("L"))
 
 
 def test_queue_progress_exact_seed_and_result_beside_input(tmp_path, tiny_model_dir, inpainter, browser_page):  # noqa: F811
@@ -94,10 +139,12 @@ def test_queue_progress_exact_seed_and_result_beside_input(tmp_path, tiny_model_
                                "document.getElementById('after').naturalWidth > 0", timeout=WAIT)
         size = page.evaluate("[document.getElementById('after').naturalWidth,"
                              " document.getElementById('after').naturalHeight]")
-        assert size == [512, 512]
+        # 4:3 has no model size: the nearest shape (768x512) is painted and the answer comes at the photo's size.
+        assert size == [640, 480]
         # The seed was sent and is shown digit for digit.
         body = json.loads(submitted[-1])
-        assert f'"seed":{BIG_SEED}' in submitted[-1] and "only_masked" not in body and "original_size" not in body
+        assert f'"seed":{BIG_SEED}' in submitted[-1] and "only_masked" not in body
+        assert (body["img_width"], body["img_height"], body["original_size"]) == (768, 512, True)
         assert f"seed {BIG_SEED}" in page.text_content("#status")
         assert page.text_content("#seedline") == f"seed {BIG_SEED}"
 
@@ -107,9 +154,8 @@ def test_queue_progress_exact_seed_and_result_beside_input(tmp_path, tiny_model_
         assert result["x"] >= stage["x"] + stage["width"] and abs(result["y"] - stage["y"]) < 40
         assert result["x"] + result["width"] <= 1280
         assert page.evaluate("document.documentElement.scrollWidth") <= 1280
-        panel_right = right_edge(page, ".controls")
         for selector in ("#key", "#file", "#prompt", "#negative", "#scheduler", "#seed", "#height", "#mask_padding"):
-            assert right_edge(page, selector) <= panel_right, selector
+            assert inside_its_panel(page, selector), selector
         assert not page.is_visible("#placeholder")
 
         # Before/after: the slider uncovers the input under the result.
@@ -127,15 +173,23 @@ def test_refuses_without_mask_and_sends_crop_options(tmp_path, tiny_model_dir, i
     with api_server(make_settings(tmp_path / "state", tiny_model_dir), lambda: inpainter) as srv:
         page.goto(srv.url + "/")
         page.on("request", lambda r: posts.append(r) if r.method == "POST" else None)
-        load_and_paint(page, tmp_path, paint=False)
+        # 3:2 is a model size: 768x512, not original size, unless the user asks for it.
+        load_and_paint(page, tmp_path, paint=False, size=(600, 400))
+        assert (page.input_value("#width"), page.input_value("#height")) == ("768", "512")
+        assert not page.is_checked("#original_size")
+        assert page.text_content("#output_size").startswith("Output: 768x512, the photo's shape")
         page.click("#submit")
         page.wait_for_function("document.getElementById('status').textContent.includes('Paint a mask first')",
                                timeout=WAIT)
+        assert page.get_attribute("#status", "class") == "error"
         assert posts == []  # refused in the page: nothing was submitted
 
-        # Paint, ask for the crop options: they are sent (the server decides whether it knows them).
+        # Painting clears the error; ask for the crop options: they are sent.
         box = page.locator("#paint").bounding_box()
         page.mouse.click(box["x"] + 50, box["y"] + 50)
+        page.wait_for_function("!document.getElementById('status').textContent.includes('Paint a mask first')",
+                               timeout=WAIT)
+        assert page.get_attribute("#status", "class") != "error"
         page.check("#only_masked")
         page.check("#original_size")
         page.fill("#mask_padding", "64")
@@ -147,9 +201,146 @@ def test_refuses_without_mask_and_sends_crop_options(tmp_path, tiny_model_dir, i
     assert page.blocked == []
 
 
+# name, viewport, touch screen, photo size, expected (img_width, img_height, original_size), result size
+WIDTHS = [
+    ("phone", (390, 844), True, (512, 600), (512, 512, True), (512, 600)),
+    ("tablet", (768, 1024), True, (400, 600), (512, 768, False), (512, 768)),
+    ("desktop", (1280, 800), False, (640, 480), (768, 512, True), (640, 480)),
+]
+
+
+@pytest.mark.parametrize("name, viewport, touch, photo_size, model_request, result_size", WIDTHS,
+                         ids=[w[0] for w in WIDTHS])
+def test_load_paint_and_get_a_result_at_every_width(name, viewport, touch, photo_size, model_request, result_size,
+                                                     tmp_path, tiny_model_dir, inpainter, browser):  # noqa: F811
+    width, height = viewport
+    page = open_page(browser, width, height, touch=touch)
+    posts = []
+    page.on("request", lambda r: posts.append(r.post_data) if r.method == "POST" else None)
+    with api_server(make_settings(tmp_path / "state", tiny_model_dir), lambda: inpainter) as srv:
+        page.goto(srv.url + "/")
+        assert no_sideways_scroll(page, width)
+        box = load_photo(page, tmp_path, photo_size)
+        assert no_sideways_scroll(page, width)
+
+        # The drawing area: on screen, not a sliver (most of a phone's width), and no taller than the window.
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width and box["height"] <= height
+        assert box["width"] >= {"phone": 0.85, "tablet": 0.4, "desktop": 0.3}[name] * width, box
+
+        # The size sent keeps the photo's shape, and the page says what comes back.
+        w, h, original = model_request
+        assert (page.input_value("#width"), page.input_value("#height")) == (str(w), str(h))
+        assert page.is_checked("#original_size") is original
+        assert page.text_content("#output_size").startswith(f"Output: {result_size[0]}x{result_size[1]}")
+
+        stage = page.locator("#stage").bounding_box()
+        controls = {s: page.locator(s).bounding_box() for s in ("#prompt", "#submit", "#progress", "#status")}
+        if name == "phone":
+            # One column: image, mask painting, prompt, the button, progress, result.
+            tops = [stage["y"] + stage["height"]] + [controls[s]["y"] for s in controls]
+            tops.append(page.locator("#result").bounding_box()["y"])
+            assert tops == sorted(tops), tops
+        else:
+            # Beside the image and above the fold, without scrolling: the button, progress and status.
+            assert page.evaluate("window.scrollY") == 0
+            for selector, c in controls.items():
+                assert c["x"] >= stage["x"] + stage["width"], selector
+                assert c["y"] >= 0 and c["y"] + c["height"] <= height, (selector, c)
+
+        # A stroke from the lower left up to the upper right of the photo.
+        page.locator("#paint").scroll_into_view_if_needed()
+        box = page.locator("#paint").bounding_box()
+        stroke = [(box["x"] + box["width"] * (0.25 + 0.05 * i), box["y"] + box["height"] * (0.75 - 0.05 * i))
+                  for i in range(11)]
+        page.evaluate("""window.seen = [];
+            for (const type of ['pointerdown', 'pointerup', 'pointercancel'])
+              document.getElementById('paint').addEventListener(type,
+                (e) => window.seen.push(`${type} ${e.pointerType}`));""")
+        scrolled = page.evaluate("window.scrollY")
+        if touch:
+            # A finger moving up would scroll the page down, but the canvas keeps it for painting.
+            touch_stroke(page, stroke)
+            page.wait_for_function("window.seen.some((e) => /^pointer(up|cancel)/.test(e))", timeout=WAIT)
+            assert page.evaluate("window.seen") == ["pointerdown touch", "pointerup touch"]
+            assert page.evaluate("window.scrollY") == scrolled
+        else:
+            mouse_stroke(page, stroke)
+            assert page.evaluate("window.seen") == ["pointerdown mouse", "pointerup mouse"]
+
+        page.fill("#prompt", "a red armchair")
+        page.click("#submit")
+        page.wait_for_function("document.getElementById('after').complete && "
+                               "document.getElementById('after').naturalWidth > 0 && "
+                               "!document.getElementById('submit').disabled", timeout=WAIT)
+        assert page.evaluate("[document.getElementById('after').naturalWidth,"
+                             " document.getElementById('after').naturalHeight]") == list(result_size)
+        assert re.fullmatch(r"Done in (\d+\.\d|0\.\d\d) s \(inference (\d+\.\d|0\.\d\d) s\), seed \d+\.",
+                            page.text_content("#status")), page.text_content("#status")
+
+        # What was sent: the size chosen, and the mask white along the whole stroke, black away from it.
+        body = json.loads(posts[-1])
+        assert (body["img_width"], body["img_height"], body.get("original_size", False)) == model_request
+        mask = sent_mask(posts[-1])
+        assert mask.shape == (photo_size[1], photo_size[0])
+        for x, y in stroke[::5]:
+            nx = int((x - box["x"]) / box["width"] * photo_size[0])
+            ny = int((y - box["y"]) / box["height"] * photo_size[1])
+            assert mask[ny, nx] == 255, (x, y)
+        assert mask[0, 0] == 0 and mask[-1, -1] == 0
+
+        # The result is on screen (brought into view on a phone), and nothing scrolls sideways.
+        result = page.locator("#compare").bounding_box()
+        assert result["y"] < height and result["y"] + result["height"] > 0 and result["width"] > 0.3 * width
+        assert result["x"] >= 0 and result["x"] + result["width"] <= width
+        assert no_sideways_scroll(page, width)
+        if name == "desktop":  # the result did not push the button down
+            assert page.evaluate("window.scrollY") == 0
+            submit = page.locator("#submit").bounding_box()
+            assert submit["y"] + submit["height"] <= height
+        Path("/tmp/playground-shots").mkdir(exist_ok=True)
+        page.screenshot(path=f"/tmp/playground-shots/{name}.png", full_page=True)
+    assert page.blocked == []
+
+
+def test_a_photo_dropped_anywhere_is_loaded_and_its_size_shown(tmp_path, tiny_model_dir, inpainter,
+                                                                browser_page):  # noqa: F811
+    page = browser_page
+    with api_server(make_settings(tmp_path / "state", tiny_model_dir), lambda: inpainter) as srv:
+        page.goto(srv.url + "/")
+        # Dropped on the result panel's heading, far from the file picker.
+        files = page.evaluate_handle("""(b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const files = new DataTransfer();
+            files.items.add(new File([bytes], 'portrait.png', { type: 'image/png' }));
+            return files; }""", b64_png(gradient_image(512, 600)))
+        page.dispatch_event("#result h2", "dragenter", {"dataTransfer": files})
+        assert page.evaluate("document.body.classList.contains('dragging')")
+        page.dispatch_event("#result h2", "drop", {"dataTransfer": files})
+        page.wait_for_function("!document.getElementById('submit').disabled", timeout=WAIT)
+        assert not page.evaluate("document.body.classList.contains('dragging')")
+        assert "Image 512x600 loaded; the result will be 512x600" in page.text_content("#status")
+
+        # No model size is 512x600: the nearest (512x512) is painted, the answer comes at the photo's size.
+        assert (page.input_value("#width"), page.input_value("#height")) == ("512", "512")
+        assert page.is_checked("#original_size")
+        assert page.text_content("#output_size").startswith("Output: 512x600, the photo's own size")
+        # Without original size the photo would be stretched: the line says so.
+        page.uncheck("#original_size")
+        assert page.text_content("#output_size").startswith("Output: 512x512: the photo (512x600) is stretched")
+        assert page.get_attribute("#output_size", "class") == "warn"
+        page.select_option("#height", "768")
+        assert page.text_content("#output_size").startswith("Output: 512x768: the photo (512x600) is stretched")
+    assert page.blocked == []
+
+
 def test_playground_is_served_without_a_key(tmp_path, tiny_model_dir, inpainter):
     with api_server(make_settings(tmp_path, tiny_model_dir), lambda: inpainter) as srv:
         r = httpx.get(srv.url + "/")
         assert r.status_code == 200 and "text/html" in r.headers["content-type"]
         assert "<canvas" in r.text and "https://" not in r.text.split("<script>")[1]  # no CDN
         assert "STATE_DIR/api_key" in r.text and "API_KEYS" in r.text  # says where the key comes from
+        assert '<link rel="icon" type="image/svg+xml" href="favicon.svg">' in r.text
+        for path in ("/favicon.svg", "/favicon.ico"):  # the page's icon, and where browsers look by default
+            icon = httpx.get(srv.url + path)
+            assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml", path
+            assert icon.text.startswith("<svg") and "https://" not in icon.text

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Request, Security
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from service.http.errors import ApiError
 from service.jobs.limits import USAGE_DAYS
@@ -14,12 +14,26 @@ from service.http.routes.docs import ERRORS_DOC
 
 router = APIRouter()
 PLAYGROUND_HTML = Path(__file__).resolve().parent.parent / "playground.html"
+# A brush over a square, inline so that packaging carries it with the code.
+FAVICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+    '<rect x="2" y="2" width="28" height="28" rx="6" fill="#3755d6"/>'
+    '<path d="M8 23c4-1 5-6 9-7s6 2 7 4" fill="none" stroke="#e0115f" stroke-width="5" stroke-linecap="round"/>'
+    '</svg>'
+)
 
 
 @router.get("/", include_in_schema=False)
 def playground():
     """The web playground (no key needed to load it; the page asks for one and keeps it in the browser)."""
     return HTMLResponse(PLAYGROUND_HTML.read_text(encoding="utf-8"))
+
+
+@router.get("/favicon.svg", include_in_schema=False)
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon():
+    """The page's icon (an SVG, also where browsers look by default)."""
+    return Response(FAVICON_SVG, media_type="image/svg+xml", headers={"cache-control": "public, max-age=86400"})
 
 
 @router.get("/health", tags=["ops"], operation_id="health", summary="Service health", response_model=HealthResponse,
