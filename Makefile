@@ -67,4 +67,4 @@ deploy: $(STAMP)
 	$(BIN)/python -m scripts.modal_deploy
 
 teardown: $(STAMP)
-	$(BIN)/python -m scripts.modal_teardown
+	$(BIN)/python -m scripts.modal_teardown $(ARGS)

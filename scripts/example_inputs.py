@@ -3,7 +3,7 @@
     python -m scripts.example_inputs [DIR]     # or: python scripts/example_inputs.py [DIR]
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -24,5 +24,7 @@ def write_examples(folder: Path) -> tuple[Path, Path]:
 
 
 if __name__ == "__main__":
-    for path in write_examples(Path(sys.argv[1] if len(sys.argv) > 1 else ".")):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", nargs="?", default=".", type=Path, help="where to write them (made if missing)")
+    for path in write_examples(parser.parse_args().folder):
         print(f"wrote {path}")

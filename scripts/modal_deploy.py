@@ -10,7 +10,7 @@
    from the Hugging Face hub, no token needed).
 4. `modal deploy app.py`, with the knobs as its environment; then the knobs are saved.
 
-    python -m scripts.modal_deploy [--dry-run]     # --dry-run: print the knobs and the plan, change nothing
+    python -m scripts.modal_deploy [--dry-run]     # --dry-run: print and check the knobs, change nothing
 """
 
 import argparse
@@ -58,6 +58,25 @@ def merge_knobs(saved: dict[str, str], environ: dict[str, str], names: set[str])
     return knobs, changes
 
 
+def knob_problems(knobs: dict[str, str]) -> list[str]:
+    """One line per knob the deploy, or its containers, would refuse (the same checks app.py makes)."""
+    from pydantic import ValidationError
+
+    from service.config import DeployConfig, Settings
+
+    problems = []
+    runtime = {name.lower(): value for name, value in knobs.items() if not name.startswith("INPAINT_")}
+    deploy = {name.removeprefix("INPAINT_").lower(): value for name, value in knobs.items()
+              if name.startswith("INPAINT_")}
+    for model, values, prefix in ((DeployConfig, deploy, "INPAINT_"), (Settings, runtime, "")):
+        try:
+            model.model_validate(values)
+        except ValidationError as exc:
+            problems += [f"{prefix}{'.'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
+                         for e in exc.errors(include_url=False)]
+    return problems
+
+
 def generated_secrets(existing: set[str], cfg) -> dict[str, dict[str, str]]:
     """The Secrets to create (name -> contents) for those app.py needs that do not exist yet."""
     from service.jobs.webhooks import new_secret
@@ -77,6 +96,8 @@ def main(argv=None) -> int:
         print(f"knobs from the last deploy ({KNOBS_FILE}): " + (", ".join(f"{k}={v}" for k, v in sorted(knobs.items()))
                                                              or "none"))
     print("changed since the last deploy:\n  " + "\n  ".join(changes) if changes else "no knob changed")
+    if problems := knob_problems(knobs):
+        sys.exit("error: invalid knobs, nothing was changed:\n  " + "\n  ".join(problems))
     env = {**os.environ, **knobs}
     os.environ.update(knobs)  # DeployConfig below reads what the deploy will read
     from service.config import DeployConfig

@@ -66,3 +66,16 @@ def test_a_dry_run_prints_the_knobs_and_changes_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "INPAINT_GPU: L4 -> H100" in result.stdout and "would deploy app 'inpaint' on H100" in result.stdout
     assert read_knobs(tmp_path / ".modal-deploy.env") == {"INPAINT_GPU": "L4"}  # saved only after a deploy
+
+
+def test_bad_knobs_stop_the_deploy_before_anything_changes(tmp_path):
+    from scripts.modal_deploy import knob_problems
+
+    assert knob_problems({"INPAINT_GPU": "A10", "DAILY_IMAGE_CAP": "500"}) == []
+    problems = knob_problems({"INPAINT_GPU": "X100", "DAILY_IMAGE_CAP": "abc", "RATE_LIMIT_PER_SECOND": "-1"})
+    assert sorted(line.split(":")[0] for line in problems) == ["DAILY_IMAGE_CAP", "INPAINT_GPU", "RATE_LIMIT_PER_SECOND"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DAILY_IMAGE_CAP": "abc"}
+    result = subprocess.run([sys.executable, "-m", "scripts.modal_deploy", "--dry-run"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "DAILY_IMAGE_CAP: Input should be a valid integer" in result.stderr
+    assert "Traceback" not in result.stderr

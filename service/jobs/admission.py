@@ -9,12 +9,13 @@ from typing import Any
 
 from schemas import InpaintParams
 from service.config import Settings
-from service.jobs.errors import JobError, NoWorker, StoreUnavailable, Throttled
+from service.jobs.errors import JobError, NoWorker, OutOfCredits, StoreUnavailable, Throttled
 from service.jobs.failures import Failure
 from service.jobs.lifecycle import JobLifecycle
 from service.jobs.limits import check_rate, credit_budget, refund_credits, refund_daily, spend_credits, spend_daily
 from service.jobs.ports import Counters, Dispatcher, InputBlobs, JobRecords
 from service.jobs.records import JobRecord
+from service.jobs.tallies import check_spend_cap, count_refused
 from service.logs import log_event
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class Admission:
         self.lifecycle = lifecycle
         # Where this process's dispatcher runs the jobs (embedded), the images decoded at submit go to the worker.
         self.hand_over_inputs = hand_over_inputs
+        self.clock = time.time  # what day it is for the spend cap (tests move it)
 
     def check_rate(self, owner: str) -> None:
         check_rate(self.counters, owner, self.settings.rate_limit_per_second, self.settings.rate_limit_burst)
@@ -50,11 +52,14 @@ class Admission:
         `warnings`: what the caller should know about inputs that were accepted (kept in the record).
         `log_fields` go into the job's QUEUED log line."""
         settings = self.settings
+        self._check_spend_cap()
         spend_daily(self.counters, params.samples, settings.daily_image_cap)
         try:
             left = spend_credits(self.counters, owner, params.samples, credit_budget(settings, owner))
-        except JobError:
+        except JobError as exc:
             refund_daily(self.counters, params.samples, settings.daily_image_cap)
+            if isinstance(exc, OutOfCredits):
+                self._count_refused("credits")
             raise
         now, job_id = time.time(), str(uuid.uuid4())
         record = JobRecord(id=job_id, owner=owner, params=params.model_dump(mode="json"), created_at=now,
@@ -75,6 +80,19 @@ class Admission:
             raise NoWorker(f"no worker could take the job right now ({type(exc).__name__}); nothing was charged, "
                            f"retry shortly", retry_after=5) from None
         return record, left
+
+    def _check_spend_cap(self) -> None:
+        try:
+            check_spend_cap(self.counters, self.settings.spend_cap_usd_per_day, self.clock())
+        except Throttled:
+            self._count_refused("spend_cap")
+            raise
+
+    def _count_refused(self, reason: str) -> None:
+        try:
+            count_refused(self.counters, reason)
+        except Exception:  # a metric is not worth failing the answer for
+            log.warning("could not count a request refused for %s", reason, exc_info=True)
 
     def _store(self, record: JobRecord, image: bytes, mask: bytes, received: float | None) -> None:
         """The inputs, then the record under the queue cap; on any refusal the charges are given back."""

@@ -15,6 +15,7 @@ from service.jobs.handover import DecodedInputs
 from service.jobs.limits import add_usage, refund_credits, refund_daily
 from service.jobs.ports import Counters, Dispatcher, InputBlobs, JobRecords
 from service.jobs.records import JobOutcome, JobRecord
+from service.jobs.tallies import count_ended
 from service.logs import log_event
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class JobLifecycle:
         record = outcome.record
         self._cancelled_here.pop(record.id, None)
         self.decoded.take(record.id)
-        steps = []
+        steps = [("counting it into the deployment's totals", lambda: count_ended(self.counters, record))]
         if record.gpu_seconds is not None:
             steps.append(("adding to the key's daily usage", lambda: add_usage(self.counters, record)))
         if record.status == JobStatus.FAILED and refunded(record.failure):

@@ -9,7 +9,7 @@ Prices are USD per second for one GPU, Modal's on-demand list price (modal.com/p
   states it checked Modal's pricing page on 2026-05-07 (it also quotes H100 as $0.001097/s).
 - B200 0.001736: $6.25/h in a 2026 Modal pricing guide (per-second figure derived: 6.25 / 3600).
 - A10G 0.000306, A100-40GB 0.000583, H200 0.001261: NOT confirmed by a source found here; from the prices
-  this repo's README already quotes (A10G $1.10/h, A100 40GB $2.10/h) and Modal's H200 list price as last
+  earlier list prices (A10G $1.10/h, A100 40GB $2.10/h) and Modal's H200 list price as last
   known. Check modal.com/pricing and override (GPU_PRICE_PER_SECOND) if they differ.
 The list price leaves out the container's CPU and memory charges, region multipliers and the
 non-preemptible multiplier, which Modal bills on top for some configurations.

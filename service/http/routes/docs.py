@@ -29,7 +29,7 @@ ERROR_MEANINGS = {
     406: "This key's image credits are used up.",
     413: "The request body is too large.",
     422: "The job FAILED (cancelled, blocked by the safety checker, ...).",
-    429: "Rate limit, full queue or daily cap; see Retry-After.",
+    429: "Rate limit, full queue, daily image cap or daily spend cap; see Retry-After.",
     500: "Internal error.",
     502: "A worker or the result storage failed.",
     503: "No worker can take jobs right now; retry after Retry-After.",
