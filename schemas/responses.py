@@ -142,6 +142,12 @@ class UsageDay(BaseModel):
 
 class UsageResponse(BaseModel):
     days: list[UsageDay] = Field(description="Newest first, one entry per day, zeros included.")
+    spend_today_usd: float = Field(
+        0.0, description="What the whole deployment's priced jobs (every key's) that ended this UTC day cost: the "
+                         "figure the spend cap is checked against. 0 when no GPU type is set (e.g. on CPU).")
+    spend_cap_usd_per_day: float | None = Field(
+        None, description="The deployment's spend cap (SPEND_CAP_USD_PER_DAY): once the day's spend reaches it, "
+                          "new jobs get 429 until 00:00 UTC. null when none is set.")
 
 
 class CancelResponse(BaseModel):

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     key_credits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)  # "key=images,key2=images"
     default_key_credits: int | None = Field(None, ge=0)  # budget for keys not in KEY_CREDITS; unset = unlimited
     daily_image_cap: int = Field(0, ge=0)  # images per UTC day for the whole deployment; 0 = off
+    # USD per UTC day for the whole deployment (priced jobs' cost_usd); unset = no cap. Reached: new jobs get 429.
+    spend_cap_usd_per_day: float | None = Field(None, gt=0, allow_inf_nan=False)
+    metrics_token: str | None = None  # a Bearer token that may read GET /metrics (any API key may too)
     job_timeout_seconds: float = Field(600.0, gt=0)  # a job running longer is FAILED "timed out"
     max_queue_seconds: float = Field(3600.0, gt=0)  # a job still queued this long is FAILED "expired in queue"
     lease_seconds: float = Field(120.0, gt=0)  # a PROCESSING job silent this long is retried once, then FAILED
@@ -172,7 +175,7 @@ class Settings(BaseSettings):
         return price_table(env={ENV_VAR: self.gpu_price_per_second})
 
     @field_validator("public_base_url", "s3_public_base_url", "s3_endpoint_url", "s3_bucket", "s3_region",
-                     mode="before")
+                     "spend_cap_usd_per_day", "metrics_token", mode="before")
     @classmethod
     def _blank_is_none(cls, value):
         return value or None

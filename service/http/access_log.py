@@ -8,8 +8,9 @@ from service.logs import log_event, log_path
 class AccessLog:
     """Plain ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware on the hot status path)."""
 
-    def __init__(self, app):
+    def __init__(self, app, observe=None):
         self.app = app
+        self.observe = observe  # observe(scope, status, seconds): the latency histogram of GET /metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -32,6 +33,9 @@ class AccessLog:
             fields = {"request_id": seen["request_id"] or state.get("request_id"), "owner": state.get("owner")}
             if seen["status"] >= 400 and state.get("error"):
                 fields["error"] = state["error"]  # why it was refused, in the same line
+            seconds = time.perf_counter() - started
+            if self.observe is not None:
+                self.observe(scope, seen["status"], seconds)
             log_event("request", method=scope["method"], path=log_path(scope["path"]), status=seen["status"],
-                      ms=round((time.perf_counter() - started) * 1000, 2),
+                      ms=round(seconds * 1000, 2),
                       **{k: v for k, v in fields.items() if v is not None})

@@ -11,8 +11,9 @@ from service.http.access_log import AccessLog
 from service.http.docs_ui import install_docs
 from service.http.errors import install_error_handlers
 from service.http.inputs import FetchLimits, make_client
+from service.http.metrics import Metrics
 from service.http.poll_limit import PollLimiter
-from service.http.routes import extras, files, v1, v2
+from service.http.routes import extras, files, metrics, v1, v2
 
 DESCRIPTION = ("Stable Diffusion 1.5 inpainting, compatible with Segmind's sd1.5-inpainting API. "
                "Authenticate with the `x-api-key` header (or `Authorization: Bearer`). "
@@ -50,9 +51,11 @@ def create_app(backend: Backend) -> FastAPI:
     app.state.jobs = backend.jobs
     app.state.fetch_limits = fetch_limits(backend.settings)
     app.state.poll_limit = PollLimiter(backend.settings.status_polls_per_second, backend.settings.status_poll_burst)
+    app.state.metrics = Metrics(backend.jobs)
     install_error_handlers(app)
-    app.add_middleware(AccessLog)
+    app.add_middleware(AccessLog, observe=app.state.metrics.observe)
     app.include_router(extras.router)
+    app.include_router(metrics.router)
     app.include_router(v1.router)
     app.include_router(v2.router)
     if getattr(backend.jobs.storage, "served_here", False):

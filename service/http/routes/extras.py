@@ -7,6 +7,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from service.http.errors import ApiError
 from service.jobs.limits import USAGE_DAYS
+from service.jobs.tallies import spend_today
 from service.jobs.errors import StoreUnavailable
 from schemas import HealthResponse, UsageResponse
 from service.http.routes.deps import caller, jobs_of
@@ -62,10 +63,13 @@ async def health(request: Request):
             summary="Your key's usage per day",
             description="Jobs, images, GPU seconds and their cost in USD per UTC day for the calling key, "
                         "newest first. Cost is priced at the deployment's GPU type; null for a day with jobs that "
-                        "have no price, as in their metrics (no GPU type is set, e.g. on CPU).")
+                        "have no price, as in their metrics (no GPU type is set, e.g. on CPU). Also the whole "
+                        "deployment's spend this UTC day and its daily spend cap.")
 async def usage(request: Request, days: int = Query(7, ge=1, le=USAGE_DAYS,
                                                    description=f"How many days back, 1..{USAGE_DAYS}."),
                 owner: str = Security(caller)):
     jobs = jobs_of(request)
-    return UsageResponse(days=await jobs.waiting.read(jobs.waiting.usage, owner, days))
+    return UsageResponse(days=await jobs.waiting.read(jobs.waiting.usage, owner, days),
+                         spend_today_usd=await jobs.waiting.read(spend_today, jobs.counters, jobs.admission.clock()),
+                         spend_cap_usd_per_day=jobs.settings.spend_cap_usd_per_day)
 
