@@ -29,6 +29,11 @@ The model (how Modal documents its autoscaler, simplified):
 - The cap: like the service's MAX_QUEUE_DEPTH, a request arriving while `max_queue_depth` jobs
   are queued or running is refused (429) and never runs. 0 = no cap. max_containers is not a
   refusal: work beyond it waits in the queue.
+- The spend cap: like the service's SPEND_CAP_USD_PER_DAY, a request arriving once the jobs that ended
+  this day (t = 0 is 00:00 UTC; days of 86400 s) cost `spend_cap` USD or more is refused (429) and never
+  runs; queued and running work finishes. A job's cost is its share of its batch's GPU seconds at the list
+  price, as in its metrics.cost_usd: cold starts and idle windows are billed but not counted against the
+  cap, so the bill can pass it. 0 = no cap.
 - The simulation ends when all work is done and every container above the minimum has stopped,
   or at the trace's duration if later; min containers are billed until then.
 Simplifications: no autoscaler delay, no per-request overhead outside the GPU batch (web tier,
@@ -55,7 +60,7 @@ import random
 import sys
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -81,6 +86,7 @@ class Knobs:
     batch_wait: float = 0.0  # seconds
     max_queue_depth: int = 1000  # 0 = no cap
     cold_start: float = 10.0  # seconds from "start a container" to "it can run a batch"
+    spend_cap: float = 0.0  # USD of job cost per day (SPEND_CAP_USD_PER_DAY); 0 = no cap
 
     def __post_init__(self):
         if not 2 <= self.scaledown_window <= 3600:
@@ -90,6 +96,8 @@ class Knobs:
                              f"got min {self.min_containers}, max {self.max_containers}")
         if self.buffer_containers < 0 or self.batch_size < 1 or self.batch_wait < 0 or self.max_queue_depth < 0:
             raise ValueError("buffer_containers, batch_wait and max_queue_depth must be >= 0 and batch_size >= 1")
+        if not 0 <= self.spend_cap < math.inf:
+            raise ValueError(f"spend_cap must be a finite number >= 0 (0 = off), got {self.spend_cap}")
         if self.cold_start < 0:
             raise ValueError(f"cold_start must be >= 0, got {self.cold_start}")
 
@@ -109,13 +117,14 @@ class Container:
 class Result:
     latencies: list[float]  # arrival -> result, per completed request
     waits: list[float]  # arrival -> its batch starts
-    refused: int
+    refused: int  # by the queue cap
     cold_starts: int
     billed_seconds: float
     busy_seconds: float
     cold_seconds: float
     cost: float
     end: float
+    capped: int = 0  # refused by the spend cap
 
     @property
     def images(self) -> int:
@@ -153,8 +162,9 @@ def simulate(arrivals: list[float], service_seconds: Callable[[int], float], kno
     in_service = 0
     latencies: list[float] = []
     waits: list[float] = []
-    refused = cold_starts = 0
+    refused = cold_starts = capped = 0
     now = last_done = 0.0
+    spent: dict[int, float] = {}  # day -> USD of the jobs that ended on it
 
     def reconcile(t: float):
         nonlocal in_service, cold_starts
@@ -194,7 +204,9 @@ def simulate(arrivals: list[float], service_seconds: Callable[[int], float], kno
     while events:
         now, _, kind, payload = heapq.heappop(events)
         if kind == "arrive":
-            if knobs.max_queue_depth and len(queue) + in_service >= knobs.max_queue_depth:
+            if knobs.spend_cap and spent.get(int(now // 86400), 0.0) >= knobs.spend_cap:
+                capped += 1
+            elif knobs.max_queue_depth and len(queue) + in_service >= knobs.max_queue_depth:
                 refused += 1
             else:
                 queue.append((now, payload))
@@ -202,6 +214,8 @@ def simulate(arrivals: list[float], service_seconds: Callable[[int], float], kno
             c = payload
             if kind == "done":
                 last_done = now
+                day = int(now // 86400)
+                spent[day] = spent.get(day, 0.0) + service_seconds(len(c.batch)) * usd_per_second
                 latencies.extend(now - arrival for arrival, _ in c.batch)
                 in_service -= len(c.batch)
                 c.batch = []
@@ -215,7 +229,7 @@ def simulate(arrivals: list[float], service_seconds: Callable[[int], float], kno
     cold = sum(c.ready_at - c.requested_at for c in containers)
     busy = sum(c.busy_seconds for c in containers)
     return Result(latencies=latencies, waits=waits, refused=refused, cold_starts=cold_starts, billed_seconds=billed,
-                  busy_seconds=busy, cold_seconds=cold, cost=billed * usd_per_second, end=end)
+                  busy_seconds=busy, cold_seconds=cold, cost=billed * usd_per_second, end=end, capped=capped)
 
 
 # --- traces -------------------------------------------------------------------------------------
@@ -327,11 +341,11 @@ def ints(raw: str) -> list[int]:
 
 
 def summary_row(label: list, r: Result) -> list:
-    return [*label, r.images, r.refused, r.cold_starts, f"{r.usd_per_1000_images:.3f}", f"{r.idle_share:.0%}",
+    return [*label, r.images, r.refused, r.capped, r.cold_starts, f"{r.usd_per_1000_images:.3f}", f"{r.idle_share:.0%}",
             f"{r.latency(50):.1f}", f"{r.latency(95):.1f}", f"{r.latency(99):.1f}"]
 
 
-SUMMARY_HEADERS = ["images", "refused", "cold starts", "$/1k img", "idle share", "p50 s", "p95 s", "p99 s"]
+SUMMARY_HEADERS = ["images", "refused", "spend-capped", "cold starts", "$/1k img", "idle share", "p50 s", "p95 s", "p99 s"]
 
 
 def sweep_png(points: list[tuple[int, float, Result]], target: float, path: Path, title: str) -> None:
@@ -369,6 +383,15 @@ def recommend(points: list[tuple[int, float, Result]], target: float) -> tuple[i
     return min(ok, key=lambda p: (p[2].usd_per_1000_images, p[2].latency(95))) if ok else None
 
 
+def print_savings(arrivals: list[float], table: dict[int, float], knobs: Knobs, usd: float, duration: float,
+                  capped: Result) -> None:
+    """The same traffic without the spend cap, beside it: what the cap saves and what it refuses."""
+    free = simulate(arrivals, table_service(table), replace(knobs, spend_cap=0.0), usd, duration)
+    print(f"spend cap ${knobs.spend_cap:g}/day: bill ${capped.cost:.2f} instead of ${free.cost:.2f} "
+          f"(saves ${free.cost - capped.cost:.2f}, {1 - capped.cost / free.cost if free.cost else 0:.0%}); "
+          f"{capped.images} of {free.images} images delivered, {capped.capped} requests refused with 429")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     trace = parser.add_argument_group("traffic (one of)")
@@ -395,6 +418,9 @@ def main(argv=None) -> int:
     knobs.add_argument("--batch-size", type=int, default=1)
     knobs.add_argument("--batch-wait-ms", type=float, default=0.0)
     knobs.add_argument("--max-queue-depth", type=int, default=1000, help="the cap: refuse beyond this; 0 = off")
+    knobs.add_argument("--spend-cap", type=float, default=0.0,
+                       help="SPEND_CAP_USD_PER_DAY: refuse once the day's jobs cost this much; 0 = off. Prints "
+                            "the same traffic without it too, and what it saves")
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--sweep", action="store_true", help="scaledown window x max containers; draws a PNG")
     sweep.add_argument("--windows", default="2,10,30,60,120,300,600")
@@ -428,7 +454,7 @@ def main(argv=None) -> int:
             return Knobs(scaledown_window=window, min_containers=args.min_containers, max_containers=max_containers,
                          buffer_containers=args.buffer_containers, batch_size=args.batch_size,
                          batch_wait=args.batch_wait_ms / 1000, max_queue_depth=args.max_queue_depth,
-                         cold_start=args.cold_start)
+                         cold_start=args.cold_start, spend_cap=args.spend_cap)
 
         windows = floats(args.windows) if args.sweep else floats(args.scaledown_window)
         grid = ints(args.max_containers_grid) if args.sweep else [args.max_containers]
@@ -444,6 +470,8 @@ def main(argv=None) -> int:
           f"batch {args.batch_size}/{args.batch_wait_ms:g}ms, queue cap {args.max_queue_depth or 'off'}")
     print_table(["max containers", "scaledown s", *SUMMARY_HEADERS],
                 [summary_row([m, f"{w:g}"], r) for m, w, r in points])
+    if args.spend_cap and not args.sweep:
+        print_savings(arrivals, table, knobs_for(windows[0], grid[0]), usd, duration, points[0][2])
     print(f"Segmind: ~${SEGMIND_USD_PER_IMAGE * 1000:.2f} per 1000 images")
     if args.sweep:
         title = f"{label}, {gpu_type}, cold start {args.cold_start:g}s, batch {args.batch_size}"

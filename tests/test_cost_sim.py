@@ -144,3 +144,23 @@ def test_csv_trace_accepts_seconds_or_iso_timestamps(tmp_path):
     assert cost_sim.read_trace_csv(path) == [0.0, 10.0]
     path.write_text("105.5,x\n100\n")
     assert cost_sim.read_trace_csv(path) == [0.0, 5.5]
+
+
+def test_spend_cap_refuses_once_the_day_s_job_cost_reaches_it_and_opens_the_next_day():
+    """1 s per image at $1/s, a $3 cap: three jobs end on day 0, the rest of day 0 is refused; day 1 runs again.
+    The queued job taken in before the cap was reached still runs (four arrive at once, three end first)."""
+    knobs = Knobs(min_containers=1, max_containers=1, scaledown_window=3600, spend_cap=3.0)
+    day0 = [0.0, 0.0, 0.0, 0.0, 100.0, 200.0]
+    r = simulate(day0 + [86400.0 + 5, 86400.0 + 100], lambda n: float(n), knobs, 1.0)
+    assert r.images == 4 + 2 and r.capped == 2 and r.refused == 0
+    uncapped = simulate(day0, lambda n: float(n), Knobs(min_containers=1, max_containers=1), 1.0)
+    assert uncapped.capped == 0 and uncapped.images == 6
+    with pytest.raises(ValueError, match="spend_cap"):
+        Knobs(spend_cap=float("inf"))
+
+
+def test_cli_prints_what_the_spend_cap_saves(capsys):
+    assert cost_sim.main(["--bursts", "3", "200", "--hours", "24", "--spend-cap", "5"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("spend cap $5/day"))
+    assert "requests refused with 429" in line and "(saves $0.00" not in line
