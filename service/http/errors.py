@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.jobs.errors import (BadInput, JobError, NoWorker, NotFound, OutOfCredits, StoreUnavailable,
-                                 Throttled, size_text)
+from service.jobs.errors import (BadInput, JobError, KeyInUse, KeyReused, NoWorker, NotFound, OutOfCredits,
+                                 StoreUnavailable, Throttled, size_text)
 from service.jobs.failures import Failure
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,8 @@ JOB_ERROR_STATUS: dict[type[JobError], int] = {
     BadInput: 400,
     NotFound: 404,
     OutOfCredits: 406,
+    KeyInUse: 409,
+    KeyReused: 422,
     Throttled: 429,
     NoWorker: 503,
 }
@@ -72,7 +74,7 @@ def job_error_status(exc: JobError) -> tuple[int, dict[str, str]]:
         headers = {"Retry-After": str(exc.retry_after), "x-rate-limit-reset-at-utc": _utc(exc.reset_at)}
     elif isinstance(exc, OutOfCredits):
         headers = {"x-remaining-credits": str(exc.remaining)}
-    elif isinstance(exc, NoWorker) and exc.retry_after:
+    elif isinstance(exc, (NoWorker, KeyInUse)) and exc.retry_after:
         headers = {"Retry-After": str(exc.retry_after)}
     return status, headers
 

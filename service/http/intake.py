@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from schemas import MODEL_SLUG, InpaintRequest, describe_validation_error
 from service.http.errors import ApiError
+from service.http.submit_headers import cancel_after, idempotency_key
 from service.jobs.errors import NoWorker, size_text
 from service.http.inputs import (FetchLimits, check_webhook_url, fetch_url, looks_like_url, mask_warnings,
                                  read_input)
@@ -56,6 +57,7 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
     Returns the record and extra headers (credits left, warnings about the inputs)."""
     received = time.monotonic()
     settings = jobs.settings
+    key, deadline_after = idempotency_key(request), cancel_after(request)
     inpaint = await parse_request(request, slug, settings.max_body_bytes)
     if inpaint.webhook_url is not None:
         if sync:
@@ -85,7 +87,8 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
         image_bytes, image = read_input(inpaint.image, "image", limits, fetched.get("image"))
         mask_bytes, mask = read_input(inpaint.mask, "mask", limits, fetched.get("mask"))
         return jobs.admission.admit(owner, inpaint.params(), image_bytes, mask_bytes, base_url, decoded=(image, mask),
-                          received=received, warnings=mask_warnings(image, mask), api="v1" if sync else "v2",
+                          received=received, idempotency_key=key, cancel_after=deadline_after,
+                          warnings=mask_warnings(image, mask), api="v1" if sync else "v2",
                           image_from=redact_url(inpaint.image), mask_from=redact_url(inpaint.mask))
 
     record, left = await run_blocking(take_in)

@@ -11,8 +11,10 @@ from schemas import InpaintParams
 from service.config import Settings
 from service.jobs.errors import JobError, NoWorker, OutOfCredits, StoreUnavailable, Throttled
 from service.jobs.failures import Failure
+from service.jobs.idempotency import bind, fingerprint, key_name
 from service.jobs.lifecycle import JobLifecycle
-from service.jobs.limits import check_rate, credit_budget, refund_credits, refund_daily, spend_credits, spend_daily
+from service.jobs.limits import (check_rate, credit_budget, refund_credits, refund_daily, remaining_credits,
+                                 spend_credits, spend_daily)
 from service.jobs.ports import Counters, Dispatcher, InputBlobs, JobRecords
 from service.jobs.records import JobRecord
 from service.jobs.tallies import check_spend_cap, count_refused
@@ -44,12 +46,39 @@ class Admission:
                          f"retry shortly", 5)
 
     def admit(self, owner: str, params: InpaintParams, image: bytes, mask: bytes, base_url: str,
-              decoded: tuple[Any, Any] | None = None, received: float | None = None,
-              warnings: list[str] | None = None, **log_fields: Any) -> tuple[JobRecord, int | None]:
+              idempotency_key: str | None = None, **fields: Any) -> tuple[JobRecord, int | None]:
         """Charge, store and dispatch a validated request. Returns the record and the credits left (or None).
-        `decoded`: the image and mask as decoded by validation (handed to this process's worker);
+        `idempotency_key`: the caller's Idempotency-Key; the same request sent again with it gets the job it made
+        first, charged once (service/jobs/idempotency.py). `fields`: see _admit."""
+        job_id = str(uuid.uuid4())
+        if idempotency_key is None:
+            return self._admit(job_id, owner, params, image, mask, base_url, **fields)
+        name = key_name(owner, idempotency_key)
+        request = fingerprint(params.model_dump(mode="json"), fields.get("cancel_after"), image, mask)
+        if (first := bind(self.records, name, job_id, request)) is not None:
+            return first, self._credits_left(owner)
+        try:
+            return self._admit(job_id, owner, params, image, mask, base_url, key_name=name, **fields)
+        except BaseException:
+            try:
+                self.records.unbind_key(name, job_id)  # no job holds the key: a retry may make one
+            except Exception:
+                log.warning("could not free the Idempotency-Key of refused request %s", job_id, exc_info=True)
+            raise
+
+    def _credits_left(self, owner: str) -> int | None:
+        budget = credit_budget(self.settings, owner)
+        return None if budget is None else remaining_credits(self.counters, owner, budget)
+
+    def _admit(self, job_id: str, owner: str, params: InpaintParams, image: bytes, mask: bytes, base_url: str,
+               decoded: tuple[Any, Any] | None = None, received: float | None = None,
+               warnings: list[str] | None = None, cancel_after: float | None = None, key_name: str | None = None,
+               **log_fields: Any) -> tuple[JobRecord, int | None]:
+        """`decoded`: the image and mask as decoded by validation (handed to this process's worker);
         `received`: when the request arrived (time.monotonic()), for the job's intake time;
-        `warnings`: what the caller should know about inputs that were accepted (kept in the record).
+        `warnings`: what the caller should know about inputs that were accepted (kept in the record);
+        `cancel_after`: seconds from now after which the job, unfinished, ends FAILED (Cancel-After);
+        `key_name`: the store's name of its Idempotency-Key.
         `log_fields` go into the job's QUEUED log line."""
         settings = self.settings
         self._check_spend_cap()
@@ -61,11 +90,12 @@ class Admission:
             if isinstance(exc, OutOfCredits):
                 self._count_refused("credits")
             raise
-        now, job_id = time.time(), str(uuid.uuid4())
+        now = time.time()
         record = JobRecord(id=job_id, owner=owner, params=params.model_dump(mode="json"), created_at=now,
                            expires_at=now + settings.result_ttl_seconds, base_url=base_url,
                            webhook_url=params.webhook_url, inputs_key=f"{job_id}-{secrets.token_urlsafe(16)}",
-                           warnings=warnings or [])
+                           warnings=warnings or [], idempotency_key=key_name, cancel_after=cancel_after,
+                           deadline=None if cancel_after is None else now + cancel_after)
         self._store(record, image, mask, received)
         # Logged before the dispatch, so it always precedes the worker's PROCESSING line.
         log_event("job", request_id=record.id, status="QUEUED", owner=owner, samples=params.samples, **log_fields)

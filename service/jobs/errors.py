@@ -61,6 +61,18 @@ class NoWorker(JobError):
         self.retry_after = retry_after
 
 
+class KeyReused(JobError):
+    """An Idempotency-Key this API key already used for a request with another body."""
+
+
+class KeyInUse(JobError):
+    """The request first sent with this Idempotency-Key is still being taken in; retry shortly."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StoreUnavailable(RuntimeError):
     """The store cannot take writes right now (disk full, database gone, network down). Callers answer 503 and
     try again later; nothing that was accepted is dropped."""

@@ -107,17 +107,24 @@ def _reap(jobs: JobService, job_id: str, status: JobStatus, lease: float, now: f
 
 
 def expire_queued(jobs: JobService, now: float | None = None) -> int:
-    """QUEUED jobs that waited longer than MAX_QUEUE_SECONDS end FAILED "expired in queue" (with webhook and
-    refund) rather than waiting forever. Returns how many."""
+    """QUEUED jobs that waited longer than MAX_QUEUE_SECONDS, or past their Cancel-After, end FAILED "expired"
+    (with webhook and refund) rather than waiting on. Returns how many."""
     now = time.time() if now is None else now
     limit = jobs.settings.max_queue_seconds
     expired = 0
     for job_id in jobs.records.unfinished_ids(JobStatus.QUEUED):
         record = jobs.records.get(job_id)
-        if record is not None and record.status == JobStatus.QUEUED and now - record.created_at > limit:
-            if jobs.lifecycle.fail(job_id, Failure.EXPIRED, f"expired in queue: not started within {limit:g}s"):
-                jobs.dispatcher.cancel(job_id)  # on Modal: no GPU container starts just to find it ended
-                expired += 1
+        if record is None or record.status != JobStatus.QUEUED:
+            continue
+        if record.past_deadline(now):
+            ended = jobs.lifecycle.end_past_deadline(record)
+        elif now - record.created_at > limit:
+            ended = jobs.lifecycle.fail(job_id, Failure.EXPIRED, f"expired in queue: not started within {limit:g}s")
+        else:
+            continue
+        if ended:
+            jobs.dispatcher.cancel(job_id)  # on Modal: no GPU container starts just to find it ended
+            expired += 1
     return expired
 
 

@@ -71,6 +71,9 @@ class JobLifecycle:
         if job_id in self._cancelled_here or self.records.cancel_requested(job_id):
             self.fail(job_id, Failure.CANCELLED, "cancelled")
             return None
+        if record.past_deadline(time.time()):
+            self.end_past_deadline(record)
+            return None
         attempt = record.attempts + 1
         if not self.records.claim(f"attempt{attempt}:{job_id}"):
             log.warning("job %s: attempt %d is already running elsewhere; not running it twice", job_id, attempt)
@@ -81,6 +84,11 @@ class JobLifecycle:
         if started is not None:
             log_event("job", request_id=job_id, status="PROCESSING", attempt=attempt)
         return started
+
+    def end_past_deadline(self, record: JobRecord, **usage: Any) -> JobRecord | None:
+        """FAILED for its Cancel-After: expired when it never started, else cancelled (once, as fail())."""
+        failure, message = record.deadline_failure()
+        return self.fail(record.id, failure, message, **usage)
 
     def cancelled(self, job_id: str) -> bool:
         """Has the job been cancelled (or ended by another party)? A fresh look, for just before its end."""

@@ -36,6 +36,14 @@ class JobRecords(Protocol):
     def claim(self, name: str) -> bool:
         """True for the first caller with this name, False for every later one (a once-only step)."""
 
+    def bind_key(self, name: str, job_id: str, fingerprint: str, stale_before: float) -> tuple[str, str]:
+        """Bind the idempotency key `name` to this job, atomically: returns the (job id, fingerprint) bound now,
+        this job's when the key was free. A binding made before `stale_before` whose job is gone (expired, or
+        its submit never stored it) counts as free. Forgotten with the job (`delete`)."""
+
+    def unbind_key(self, name: str, job_id: str) -> None:
+        """Free the key if it is still bound to this job (its submit was refused: the job does not exist)."""
+
     def request_cancel(self, job_id: str) -> None: ...
 
     def cancel_requested(self, job_id: str) -> bool:

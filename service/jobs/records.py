@@ -50,11 +50,24 @@ class JobRecord(BaseModel):
     base_url: str = ""  # the public base URL at submission (for URLs in webhook bodies)
     webhook_url: str | None = None
     warnings: list[str] = Field(default_factory=list)  # about inputs accepted as they are (a stretched mask)
+    idempotency_key: str | None = None  # the store's name of the Idempotency-Key it was submitted under
+    deadline: float | None = None  # from Cancel-After: not finished by then, it ends FAILED
+    cancel_after: float | None = None  # the Cancel-After it was submitted with, in seconds
 
     def expired(self, now: float) -> bool:
         """Finished and past its time to live. An unfinished job never expires: it ends first (FAILED
         "expired in queue" when it waits too long), so every accepted request ends COMPLETED or FAILED."""
         return self.status.terminal and self.expires_at <= now
+
+    def past_deadline(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def deadline_failure(self) -> tuple[Failure, str]:
+        """How a job past its Cancel-After ends: expired when it never started, else cancelled."""
+        limit = f"{self.cancel_after:g}s" if self.cancel_after is not None else "its deadline"
+        if self.started_at is None:
+            return Failure.EXPIRED, f"expired: not started within its Cancel-After ({limit})"
+        return Failure.CANCELLED, f"cancelled: not finished within its Cancel-After ({limit})"
 
     @property
     def inputs_at(self) -> str:

@@ -179,9 +179,19 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
         job.outcome = JobOutcome(jobs.lifecycle.fail(job.id, failure, message, **extra) or jobs.records.get(job.id)
                                  or job.record)
 
+    def past_deadline(job: _Job) -> bool:
+        """Its Cancel-After has passed: it ends as a cancel does (a clock read, no store call)."""
+        if not job.record.past_deadline(time.time()):
+            return False
+        failure, message = job.record.deadline_failure()
+        end(job, failure, message, share(job, time.monotonic() - run_started))
+        return True
+
     def on_step(step: int, total: int) -> None:
         now = time.monotonic()
         for job in live():
+            if past_deadline(job):
+                continue
             if job.should_stop():
                 end(job, Failure.CANCELLED, "cancelled", share(job, now - run_started))
             elif share(job, now - run_started) > timeout:
@@ -206,7 +216,7 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
             outputs = inpainter.run_batch([(job.params, job.image, job.mask) for job in group], on_step=on_step)
         in_call = False
         for job, output in zip(group, outputs):
-            if job.outcome is not None:  # cancelled or timed out during the call: its images are dropped
+            if job.outcome is not None or past_deadline(job):  # cancelled or timed out: its images are dropped
                 continue
             used = share(job, output.inference_time) + output.own_time  # the call's share and its own work
             if output.any_blocked:

@@ -6,7 +6,8 @@ does (tests/standins.py); app.py wires the real ones. On a real Dict each call i
 
 - records:  `job:<id>` the live record (the web tier creates it, then only the GPU worker writes it),
             `final:<id>` the finished record, `cancel:<id>`, `call:<id>` (FunctionCall id, dispatch time),
-            `claim:<name>` once-only steps, `queue:tail` / `queue:head` (see queue_position);
+            `claim:<name>` once-only steps, `queue:tail` / `queue:head` (see queue_position),
+            `idem:<name>` an Idempotency-Key's binding {job, fp, at} (forgotten with its job);
 - active:   `<id>` -> {created_at, status} for unfinished jobs only: its len() is the queue depth;
 - expiry:   `<id>` -> {at, files, keys} for finished jobs until the sweep forgets them: the sweep reads this
             small index, never the records;
@@ -32,11 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from schemas import JobStatus
+from service.jobs.errors import StoreUnavailable
 from service.jobs.records import ExpiredJob, JobRecord, apply_changes
 
 log = logging.getLogger(__name__)
 
-JOB, FINAL, CANCEL, CALL, CLAIM = "job:", "final:", "cancel:", "call:", "claim:"
+JOB, FINAL, CANCEL, CALL, CLAIM, IDEM = "job:", "final:", "cancel:", "call:", "claim:", "idem:"
+BIND_TRIES = 3  # reads of a key's binding while others free or take it over at the same moment
 TAIL, HEAD = "queue:tail", "queue:head"
 DEPTH_MAX_AGE = 1.0  # seconds a container reuses the queue depth it read (len() is an expensive call)
 DELETE_THREADS = 16  # concurrent Dict calls while the sweep forgets expired jobs (each is a round trip)
@@ -62,7 +65,41 @@ class CachedDepth:
             self._value = max(0, self._value + change)
 
 
-class DictRecords:
+class DictKeyBindings:
+    """JobRecords' Idempotency-Key bindings: `idem:<name>` entries in the records Dict, for DictRecords (whose
+    `dict`, `get` and `claim` they use)."""
+
+    def bind_key(self, name: str, job_id: str, fingerprint: str, stale_before: float) -> tuple[str, str]:
+        """put(skip_if_exists) creates the binding for one caller. A stale one is taken over by the one caller
+        that claims its takeover (a once-only step per stale binding)."""
+        mine = {"job": job_id, "fp": fingerprint, "at": time.time()}
+        bound = mine
+        for _ in range(BIND_TRIES):
+            if self.dict.put(IDEM + name, mine, skip_if_exists=True):
+                return job_id, fingerprint
+            bound = self.dict.get(IDEM + name)
+            if bound is None:  # freed meanwhile (a refused submit): try again
+                continue
+            if bound["at"] >= stale_before or self.get(bound["job"]) is not None:
+                break
+            if self.claim(f"idem-takeover:{name}:{bound['job']}"):
+                self.dict.put(IDEM + name, mine)
+                return job_id, fingerprint
+        if bound is None:
+            raise StoreUnavailable(f"the Idempotency-Key's binding kept changing ({BIND_TRIES} reads); retry")
+        return bound["job"], bound["fp"]
+
+    def unbind_key(self, name: str, job_id: str) -> None:
+        self._unbind(IDEM + name, job_id)
+
+    def _unbind(self, key: str, job_id: str) -> None:
+        """Pop a binding only while it is this job's: a stale one may have been taken over by a newer job."""
+        bound = self.dict.get(key)
+        if bound is not None and bound["job"] == job_id:
+            self.dict.pop(key, None)
+
+
+class DictRecords(DictKeyBindings):
     """JobRecords over modal.Dicts (`records`, the `active` index and the `expiry` index)."""
 
     def __init__(self, records, active, expiry):
@@ -153,7 +190,8 @@ class DictRecords:
         completed is not listed: like any Dict entry nobody reads, it expires after 7 days."""
         claims = [f"{CLAIM}attempt{n}:{record.id}" for n in range(1, max(record.attempts, record.redispatches + 1) + 1)]
         cancelled = [CANCEL + record.id] if record.failure is not None and record.failure.value == "cancelled" else []
-        return [JOB + record.id, FINAL + record.id, CALL + record.id, *cancelled, *claims]
+        bound = [IDEM + record.idempotency_key] if record.idempotency_key else []
+        return [JOB + record.id, FINAL + record.id, CALL + record.id, *cancelled, *claims, *bound]
 
     def claim(self, name: str) -> bool:
         return self.dict.put(CLAIM + name, time.time(), skip_if_exists=True)
@@ -193,7 +231,10 @@ class DictRecords:
         def forget(job: ExpiredJob) -> None:
             try:
                 for key in job.store_keys:
-                    self.dict.pop(key, None)
+                    if key.startswith(IDEM):
+                        self._unbind(key, job.id)
+                    else:
+                        self.dict.pop(key, None)
                 self.expiry.pop(job.id, None)
             except Exception:  # this one job is tried again next sweep; the others go on
                 log.warning("forgetting expired job %s failed", job.id, exc_info=True)

@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at);
 CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (name TEXT PRIMARY KEY, job_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
+                                        at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS idempotency_job ON idempotency (job_id);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS webhooks (job_id TEXT PRIMARY KEY, owner TEXT NOT NULL, url TEXT NOT NULL,
                                      attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL);
@@ -106,7 +109,35 @@ class Database:
             self.writer.close()
 
 
-class SQLiteState:
+class SQLiteKeyBindings:
+    """JobRecords' Idempotency-Key bindings: a unique row per key in the jobs' database (`self.db`)."""
+
+    db: Database
+
+    def bind_key(self, name: str, job_id: str, fingerprint: str, stale_before: float) -> tuple[str, str]:
+        """One transaction: the key's row read and written together, so of two submits at once one binds."""
+        def bind() -> tuple[str, str]:
+            writer = self.db.writer
+            row = writer.execute("SELECT job_id, fingerprint, at FROM idempotency WHERE name = ?", (name,)).fetchone()
+            if row is not None and not (row[2] < stale_before and self._gone(row[0])):
+                return row[0], row[1]
+            writer.execute("INSERT OR REPLACE INTO idempotency (name, job_id, fingerprint, at) VALUES (?, ?, ?, ?)",
+                           (name, job_id, fingerprint, time.time()))
+            return job_id, fingerprint
+
+        return self.db.transaction(bind)
+
+    def _gone(self, job_id: str) -> bool:
+        """No such job, or finished and past its expiry (callers hold the lock)."""
+        row = self.db.writer.execute("SELECT status, expires_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row is None or (row[0] in ("COMPLETED", "FAILED") and row[1] <= time.time())
+
+    def unbind_key(self, name: str, job_id: str) -> None:
+        with self.db.writing() as db:
+            db.execute("DELETE FROM idempotency WHERE name = ? AND job_id = ?", (name, job_id))
+
+
+class SQLiteState(SQLiteKeyBindings):
     """JobRecords and Counters over one SQLite database."""
 
     def __init__(self, path: Path, changes: Changes | None = None):
@@ -213,6 +244,7 @@ class SQLiteState:
         def forget() -> None:
             for job in jobs:
                 self.db.writer.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+                self.db.writer.execute("DELETE FROM idempotency WHERE job_id = ?", (job.id,))
                 self.db.writer.executemany("DELETE FROM claims WHERE name = ?",
                                            [(f"attempt{n}:{job.id}",) for n in range(1, MAX_CLAIMED_ATTEMPTS + 1)])
 

@@ -27,8 +27,10 @@ ERROR_MEANINGS = {
     401: "Missing or unknown API key.",
     404: "Unknown model slug, or a request id that is unknown, expired or another key's.",
     406: "This key's image credits are used up.",
+    409: "Submits: the request first sent with this Idempotency-Key is still being taken in; retry shortly.",
     413: "The request body is too large.",
-    422: "The job FAILED (cancelled, blocked by the safety checker, ...).",
+    422: "The job FAILED (cancelled, blocked by the safety checker, ...), or an Idempotency-Key was reused with "
+         "another body.",
     429: "Rate limit, full queue, daily image cap or daily spend cap; see Retry-After.",
     500: "Internal error.",
     502: "A worker or the result storage failed.",

@@ -3,10 +3,11 @@
 import base64
 import time
 
-from fastapi import APIRouter, Request, Security
+from fastapi import APIRouter, Depends, Request, Security
 from fastapi.responses import JSONResponse, Response
 
-from schemas import MODEL_SLUG, ErrorBody, FailedBody, JobStatus, V1Base64Response, V1MultiResponse
+from schemas import MODEL_SLUG, ErrorBody, JobStatus, V1Base64Response, V1MultiResponse
+from service.http import submit_headers
 from service.http.errors import ApiError, v1_status
 from service.http.intake import accept
 from service.jobs.bodies import failed_body
@@ -25,7 +26,10 @@ V1_RESPONSES = {
               {"$ref": "#/components/schemas/V1Base64Response"}, {"$ref": "#/components/schemas/V1MultiResponse"}]}}},
           "headers": V1_HEADERS},
     **ERRORS_DOC,
-    422: {"model": FailedBody, "description": "The job FAILED (cancelled, blocked by the safety checker)."},
+    422: {"description": "The job FAILED (cancelled, blocked by the safety checker): `FailedBody`; or this "
+                         "Idempotency-Key was used with another body: `ErrorBody`.",
+          "content": {"application/json": {"schema": {"anyOf": [
+              {"$ref": "#/components/schemas/FailedBody"}, {"$ref": "#/components/schemas/ErrorBody"}]}}}},
     504: {"model": ErrorBody, "description": "Not finished in time; the job goes on: poll it with v2."},
 }
 
@@ -34,7 +38,8 @@ V1_RESPONSES = {
              summary="Run a job and wait for the image",
              description="Blocks until the image is ready (up to the deployment's v1 timeout, counted from the "
                          "moment the request arrived). Longer jobs: use v2.")
-async def run_v1(request: Request, slug: str = SLUG_PARAM, owner: str = Security(caller)):
+async def run_v1(request: Request, slug: str = SLUG_PARAM, owner: str = Security(caller),
+                 _headers: None = Depends(submit_headers.documented)):
     jobs = jobs_of(request)
     timeout = jobs.settings.v1_timeout_seconds
     deadline = time.monotonic() + timeout

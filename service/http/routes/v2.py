@@ -5,6 +5,7 @@ from fastapi.responses import JSONResponse
 
 from schemas import CancelResponse, FailedBody, JobStatus, ResultBody, StatusBody, SubmitResponse
 from service.jobs.bodies import completed_body, failed_body
+from service.http import submit_headers
 from service.http.intake import accept
 from service.jobs.service import JobService
 from service.jobs.waiting import run_blocking
@@ -32,7 +33,8 @@ async def status_body(jobs: JobService, record: JobRecord) -> dict:
              summary="Submit a job", description="Queue a job and answer at once with its id and URLs to poll.",
              responses={200: {"model": SubmitResponse, "links": REQUEST_LINKS,
                               "headers": {**REQUEST_ID_HEADER, **CREDITS_HEADER, **WARNING_HEADER}}, **ERRORS_DOC})
-async def submit_v2(request: Request, slug: str = SLUG_PARAM, owner: str = Security(caller)):
+async def submit_v2(request: Request, slug: str = SLUG_PARAM, owner: str = Security(caller),
+                    _headers: None = Depends(submit_headers.documented)):
     base = base_url(request)
     record, headers = await accept(request, slug, owner, jobs_of(request), base, sync=False)
     body = SubmitResponse(request_id=record.id, status_url=f"{base}/v2/requests/{record.id}/status",
