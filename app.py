@@ -34,6 +34,7 @@ JOBS_PACKAGES = CONFIG_PACKAGES + ["httpx==0.28.1", "boto3==1.44.5", "pillow==13
 WEB_PACKAGES = JOBS_PACKAGES + [
     "fastapi==0.163.2",
     "fastapi-offline==1.7.7",  # /docs and /redoc assets, served without a CDN
+    "sse-starlette==3.7.1",  # the status stream (server-sent events)
     "prometheus-client==0.26.0",  # GET /metrics
 ]
 # The torch line the tests run, as the CUDA build PyPI serves for Linux. diffusers loads the pipeline with

@@ -3,7 +3,7 @@ changes, and v1's wait for the job's end."""
 
 import asyncio
 import time
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from schemas import JobStatus, Progress, StatusBody
 from service.jobs.changes import Changes
@@ -15,6 +15,7 @@ from service.jobs.ports import Counters, Dispatcher, JobRecords
 from service.jobs.records import JobOutcome, JobRecord
 
 STORE_POLL_INTERVAL = 0.5  # long-poll cadence where the store cannot notify (Modal): each poll is a round trip
+WATCH_RECHECK_SECONDS = 30.0  # a watch re-reads the job this often even without a notification
 
 
 async def run_blocking(function: Callable[..., Any], *args: Any) -> Any:
@@ -78,6 +79,30 @@ class Waiting:
                 await subscription.wait(left)
                 current, view = await self.read(self._view, record.id)
         return current or record
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
+        """The job's record now, then again each time what a status poll shows changes, until the job ends
+        (the last record is its terminal one) or goes away. Woken by the store's notifications where it gives
+        them, else the store is read every STORE_POLL_INTERVAL (Modal)."""
+        subscription = self.changes.subscribe(job_id) if self.changes is not None else None
+        try:
+            shown = None
+            while True:
+                record, view = await self.read(self._view, job_id)
+                if record is None:
+                    return
+                if view != shown:
+                    shown = view
+                    yield record
+                    if record.status.terminal:
+                        return
+                if subscription is not None:
+                    await subscription.wait(WATCH_RECHECK_SECONDS)
+                else:
+                    await asyncio.sleep(STORE_POLL_INTERVAL)
+        finally:
+            if subscription is not None:
+                self.changes.unsubscribe(subscription)
 
     async def wait_until_done(self, job_id: str, timeout: float) -> JobOutcome | None:
         """For v1: the outcome once the job ends, None if it is still running after `timeout` seconds."""

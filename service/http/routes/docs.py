@@ -20,7 +20,8 @@ REQUEST_BODY_DOC = {
 SLUG_PARAM = PathParam(description="the model", json_schema_extra={"enum": [MODEL_SLUG]})
 REQUEST_LINKS = {
     name: {"operationId": op, "parameters": {"request_id": "$response.body#/request_id"}}
-    for name, op in (("GetStatus", "get_status"), ("GetResult", "get_result"), ("Cancel", "cancel"))
+    for name, op in (("GetStatus", "get_status"), ("StreamStatus", "stream_status"), ("GetResult", "get_result"),
+                     ("Cancel", "cancel"))
 }
 ERROR_MEANINGS = {
     400: "A parameter is missing or invalid; the message names it.",
@@ -47,6 +48,27 @@ WARNING_HEADER = {"x-inpaint-warning": {
                    "another aspect ratio than the image, stretched to fit); several are separated by '; '. Absent "
                    "when there is none. The same text is in the v2 bodies' `warnings`.",
     "schema": {"type": "string"}}}
+PREFER_PARAM = {
+    "name": "Prefer", "in": "header", "required": False, "example": "wait=10",
+    "description": "Extension (RFC 7240): `wait=N`, N a whole number of seconds from 1 to 60, answers when the job "
+                   "ends (the result body, or 422 when FAILED) or after N seconds (the submit body), whichever is "
+                   "first. A wait outside 1..60 is a 400; other preferences are ignored.",
+    "schema": {"type": "string"},
+}
+PREFER_APPLIED_HEADER = {"Preference-Applied": {
+    "description": "`wait=N` when the request asked for `Prefer: wait=N` and the answer waited for it.",
+    "schema": {"type": "string"}}}
+STREAM_DOC = {
+    "description": "`text/event-stream`: `event: status` with the status body (a `FailedBody` when FAILED) as "
+                   "`data`, once now and at each change; the stream ends after the COMPLETED or FAILED event. "
+                   "Lines starting with `:` are heartbeats.",
+    "content": {"text/event-stream": {"schema": {  # one event, as schemathesis and OpenAPI 3.2 read SSE
+        "type": "object", "required": ["event", "data"],
+        "properties": {"event": {"const": "status"},
+                       "data": {"type": "string", "contentMediaType": "application/json",
+                                "contentSchema": {"type": "object", "required": ["request_id", "status"]}}}}}},
+    "headers": REQUEST_ID_HEADER,
+}
 V1_HEADERS = {
     **REQUEST_ID_HEADER,
     "x-seed-value": {"description": "The seed of each image, comma-separated.", "schema": {"type": "string"}},
