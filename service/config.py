@@ -195,10 +195,10 @@ MODAL_GPU_TYPES = ("T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100
                    "H100!", "H200", "B200", "B200+", "ANY")
 
 
-# Runtime settings a Modal deploy does not take from the deploying shell: keys, credits and the webhook secret come
-# from Secrets (S3_* too), and a few do not apply or follow from the deploy knobs (GPU_TYPE is INPAINT_GPU).
-DERIVED_SETTINGS = {"api_keys", "webhook_secret", "key_credits", "host", "port", "state_dir", "model_dir", "gpu_type",
-                    "demo"}
+# Runtime settings a Modal deploy does not take from the deploying shell: keys, credits, the metrics token and the
+# webhook secret come from Secrets (S3_* too), and a few do not apply or follow from the deploy knobs (GPU_TYPE is INPAINT_GPU).
+DERIVED_SETTINGS = {"api_keys", "webhook_secret", "key_credits", "metrics_token", "host", "port", "state_dir",
+                    "model_dir", "gpu_type", "demo"}
 
 
 class DeployConfig(BaseSettings):

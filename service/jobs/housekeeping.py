@@ -12,6 +12,7 @@ from typing import Callable
 from schemas import JobStatus
 from service.jobs.errors import CallStateUnknown
 from service.jobs.failures import Failure
+from service.jobs import tallies
 from service.jobs.ports import Counters
 from service.jobs.service import MAX_ATTEMPTS, JobService
 
@@ -129,11 +130,13 @@ def expire_queued(jobs: JobService, now: float | None = None) -> int:
 
 
 def keep_counters_alive(counters: Counters, owners: list[str]) -> None:
-    """Read every key's credit counter and usage document: on Modal a Dict entry idle
-    for 7 days expires, which would hand spent credits back and lose usage. A read counts as activity."""
+    """Read every key's credit counter and usage document, and the deployment's totals (/metrics, the spend
+    cap): on Modal a Dict entry idle for 7 days expires, which would hand spent credits back, lose usage and
+    reset the totals. A read counts as activity."""
     for owner in owners:
         counters.modify(f"credits:{owner}", lambda doc: (None, None))
         counters.modify(f"usage:{owner}", lambda doc: (None, None))
+    counters.modify(tallies.DOCUMENT, lambda doc: (None, None))
 
 
 def housekeeping_round(jobs: JobService, lease: float, budget: float | None = None,
