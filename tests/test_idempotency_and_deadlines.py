@@ -92,21 +92,26 @@ def test_same_key_and_body_return_the_same_request_charged_once(server):
     assert credits_left(server) == CREDITS - 1
 
 
-def test_simultaneous_submits_with_one_key_make_one_job(server):
-    key = {"Idempotency-Key": str(uuid.uuid4())}
-    barrier = threading.Barrier(6)
+def submit_together(server, count: int, headers: dict) -> list[httpx.Response]:
+    """`count` v2 submits with the same headers, released at the same moment from their own connections."""
+    barrier = threading.Barrier(count)
     answers: list[httpx.Response] = []
 
     def submit():
         with client(server) as http:
             barrier.wait()
-            answers.append(http.post(f"/v2/{SLUG}", json=BODY, headers=key))
+            answers.append(http.post(f"/v2/{SLUG}", json=BODY, headers=headers))
 
-    threads = [threading.Thread(target=submit) for _ in range(6)]
+    threads = [threading.Thread(target=submit) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
+    return answers
+
+
+def test_simultaneous_submits_with_one_key_make_one_job(server):
+    answers = submit_together(server, 6, {"Idempotency-Key": str(uuid.uuid4())})
     assert [a.status_code for a in answers] == [200] * 6
     assert len({a.json()["request_id"] for a in answers}) == 1
     with client(server) as http:
@@ -247,19 +252,7 @@ def test_modal_simultaneous_submits_with_one_key_make_one_job(modal):
     srv, d = modal
     d.gate.clear()
     key = {"Idempotency-Key": str(uuid.uuid4())}
-    barrier = threading.Barrier(4)
-    answers: list[httpx.Response] = []
-
-    def submit():
-        with client(srv) as http:
-            barrier.wait()
-            answers.append(http.post(f"/v2/{SLUG}", json=BODY, headers=key))
-
-    threads = [threading.Thread(target=submit) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    answers = submit_together(srv, 4, key)
     assert [a.status_code for a in answers] == [200] * 4
     request_id, = {a.json()["request_id"] for a in answers}
     with client(srv) as http:

@@ -34,6 +34,21 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 4, first_de
     raise AssertionError("unreachable")
 
 
+def read_with_retries(read: Callable[[], bytes], missing: type[BaseException], where: str, attempts: int) -> bytes:
+    """read(), retried like a write, except that `missing` (no such object) is a FileNotFoundError at once."""
+
+    def attempt() -> bytes | None:
+        try:
+            return read()
+        except missing:
+            return None
+
+    data = with_retries(attempt, f"reading {where}", attempts=attempts)
+    if data is None:
+        raise FileNotFoundError(where)
+    return data
+
+
 class LocalStorage:
     """Files under STATE_DIR/results, served by the API at /files/<key> (the key holds a random token)."""
 
@@ -135,18 +150,9 @@ class S3Storage:
     def read(self, key: str) -> bytes:
         """The object's bytes, retried like a write; FileNotFoundError at once when there is no such object (as
         LocalStorage.read)."""
-        where = f"s3://{self.bucket}/{self._object_key(key)}"
-
-        def get() -> bytes | None:
-            try:
-                return self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"].read()
-            except self.client.exceptions.NoSuchKey:
-                return None
-
-        data = with_retries(get, f"reading {where}", attempts=self.retries)
-        if data is None:
-            raise FileNotFoundError(where)
-        return data
+        return read_with_retries(
+            lambda: self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"].read(),
+            self.client.exceptions.NoSuchKey, f"s3://{self.bucket}/{self._object_key(key)}", self.retries)
 
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):

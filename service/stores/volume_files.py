@@ -16,7 +16,7 @@ from typing import Any
 
 from service.jobs.errors import StorageError
 from service.stores.object_inputs import PREFIX as INPUTS_PREFIX
-from service.stores.results import with_retries
+from service.stores.results import read_with_retries, with_retries
 
 SHARED_FOLDERS = {INPUTS_PREFIX.strip("/")}  # every job's inputs are under it: never removed
 
@@ -50,17 +50,8 @@ class VolumeStorage:
     def read(self, key: str) -> bytes:
         """The file's bytes, retried like a write; FileNotFoundError at once when there is none."""
         path = self._path(key)
-
-        def get() -> bytes | None:
-            try:
-                return b"".join(self.volume.read_file(f"/{path}"))
-            except FileNotFoundError:
-                return None
-
-        data = with_retries(get, f"reading {path} from the Volume", attempts=self.retries)
-        if data is None:
-            raise FileNotFoundError(path)
-        return data
+        return read_with_retries(lambda: b"".join(self.volume.read_file(f"/{path}")), FileNotFoundError,
+                                 f"{path} in the Volume", self.retries)
 
     def delete(self, keys: list[str]) -> None:
         """The files, then the folders they leave empty (a job's <id>/<token>/ and <id>/, an input's folder)."""
