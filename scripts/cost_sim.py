@@ -3,6 +3,8 @@
     python -m scripts.cost_sim --bursts 3 200 --scaledown-window 2,60,300
     python -m scripts.cost_sim --poisson 600 --hours 2 --gpu-json bench-results/gpu.json
     python -m scripts.cost_sim --bursts 3 200 --sweep --latency-target 60 --png bench-results/cost_sim.png
+    python -m scripts.cost_sim --bursts 3 200 --hours 24 --low-share 0.25
+    python -m scripts.cost_sim --bursts 3 200 --hours 24 --low-bulk 2000
 
 Inputs: arrival times (a CSV, or generated: Poisson at a rate, or N bursts of M requests per hour);
 seconds per image at each batch size for a GPU type (from `make bench-gpu`'s JSON, from
@@ -11,7 +13,9 @@ service/config.py (scaledown window, min/max/buffer containers, max queue depth)
 size and a batch wait in the manner of `@modal.batched(max_batch_size, wait_ms)`.
 
 Prints $ per 1000 images, the idle share of billed GPU time, cold starts, p50/p95/p99 latency
-(arrival to result, in seconds) and the jobs refused by the queue cap.
+(arrival to result, in seconds) and the jobs refused by the queue cap. With --low-share or
+--low-bulk, also the low-priority jobs completed and expired and their wait p50/p95 (p50..p99 are
+then normal jobs' latency), and the same requests all sent as normal beside it.
 
 The model (how Modal documents its autoscaler, simplified):
 - Each request is one image, one input to the GPU function. A container runs one batch at a
@@ -34,6 +38,16 @@ The model (how Modal documents its autoscaler, simplified):
   runs; queued and running work finishes. A job's cost is its share of its batch's GPU seconds at the list
   price, as in its metrics.cost_usd: cold starts and idle windows are billed but not counted against the
   cap, so the bill can pass it. 0 = no cap.
+- The low lane (a request's priority "low"): low jobs wait in the service, not on Modal, and count
+  toward neither the autoscaler's demand nor its buffer while they wait. One is handed to Modal only
+  when no normal input is queued and a running, ready container is idle; it then runs at once on that
+  container, up to `batch_size` low jobs in a batch, with no batch wait. Once running it is an input
+  like any other: Modal counts it, so a normal job arriving meanwhile may start a container, and with
+  buffer_containers > 0 running low work keeps a buffer (which can start one; at 0 a low job never
+  starts a container). A low job still waiting after `max_queue_seconds` (MAX_QUEUE_SECONDS) ends
+  FAILED "expired", refunded and not run. Low jobs count toward the queue cap and the spend cap.
+  The service checks for spare capacity after each GPU call and in its periodic sweep; we check after
+  every event, so a low job arriving to an idle container starts at once rather than at the next sweep.
 - The simulation ends when all work is done and every container above the minimum has stopped,
   or at the trace's duration if later; min containers are billed until then.
 Simplifications: no autoscaler delay, no per-request overhead outside the GPU batch (web tier,
@@ -87,6 +101,7 @@ class Knobs:
     max_queue_depth: int = 1000  # 0 = no cap
     cold_start: float = 10.0  # seconds from "start a container" to "it can run a batch"
     spend_cap: float = 0.0  # USD of job cost per day (SPEND_CAP_USD_PER_DAY); 0 = no cap
+    max_queue_seconds: float = 3600.0  # a low job not started within this ends "expired" (MAX_QUEUE_SECONDS)
 
     def __post_init__(self):
         if not 2 <= self.scaledown_window <= 3600:
@@ -100,6 +115,8 @@ class Knobs:
             raise ValueError(f"spend_cap must be a finite number >= 0 (0 = off), got {self.spend_cap}")
         if self.cold_start < 0:
             raise ValueError(f"cold_start must be >= 0, got {self.cold_start}")
+        if not 0 < self.max_queue_seconds < math.inf:
+            raise ValueError(f"max_queue_seconds must be a finite number > 0, got {self.max_queue_seconds}")
 
 
 @dataclass
@@ -109,14 +126,15 @@ class Container:
     idle_since: float | None = None  # None while starting or busy
     stopped_at: float | None = None
     batch: list = field(default_factory=list)  # (arrival, index) of the inputs it is running
+    low: bool = False  # the batch is of low-priority jobs
     busy_seconds: float = 0.0
     timer_at: float | None = None
 
 
 @dataclass
 class Result:
-    latencies: list[float]  # arrival -> result, per completed request
-    waits: list[float]  # arrival -> its batch starts
+    latencies: list[float]  # arrival -> result, per completed normal request
+    waits: list[float]  # arrival -> its batch starts (normal requests)
     refused: int  # by the queue cap
     cold_starts: int
     billed_seconds: float
@@ -125,10 +143,13 @@ class Result:
     cost: float
     end: float
     capped: int = 0  # refused by the spend cap
+    low_latencies: list[float] = field(default_factory=list)  # as latencies, for completed low jobs
+    low_waits: list[float] = field(default_factory=list)
+    expired: int = 0  # low jobs not started within max_queue_seconds
 
     @property
     def images(self) -> int:
-        return len(self.latencies)
+        return len(self.latencies) + len(self.low_latencies)
 
     @property
     def usd_per_1000_images(self) -> float:
@@ -141,10 +162,14 @@ class Result:
     def latency(self, p: float) -> float:
         return percentile(self.latencies, p)
 
+    def low_wait(self, p: float) -> float:
+        return percentile(self.low_waits, p) if self.low_waits else float("nan")
+
 
 def simulate(arrivals: list[float], service_seconds: Callable[[int], float], knobs: Knobs,
-             usd_per_second: float, duration: float = 0.0) -> Result:
-    """Runs the model in the module docstring. `service_seconds(n)` is the GPU time of a batch of n."""
+             usd_per_second: float, duration: float = 0.0, low_arrivals: list[float] = ()) -> Result:
+    """Runs the model in the module docstring. `service_seconds(n)` is the GPU time of a batch of n;
+    `arrivals` are normal requests, `low_arrivals` low-priority ones."""
     events: list = []
     seq = 0
 
@@ -155,26 +180,45 @@ def simulate(arrivals: list[float], service_seconds: Callable[[int], float], kno
 
     for index, at in enumerate(sorted(arrivals)):
         push(at, "arrive", index)
+    for index, at in enumerate(sorted(low_arrivals)):
+        push(at, "arrive-low", index)
     containers = [Container(requested_at=0.0, ready_at=0.0, idle_since=0.0) for _ in range(knobs.min_containers)]
     for c in containers:
         push(knobs.scaledown_window, "idle-check", c)
     queue: deque = deque()
+    low_queue: deque = deque()  # held by the service, not handed to Modal
     in_service = 0
     latencies: list[float] = []
     waits: list[float] = []
-    refused = cold_starts = capped = 0
+    low_latencies: list[float] = []
+    low_waits: list[float] = []
+    refused = cold_starts = capped = expired = 0
     now = last_done = 0.0
     spent: dict[int, float] = {}  # day -> USD of the jobs that ended on it
 
     def reconcile(t: float):
-        nonlocal in_service, cold_starts
+        nonlocal in_service, cold_starts, expired
+        while low_queue and t >= low_queue[0][0] + knobs.max_queue_seconds - 1e-9:
+            low_queue.popleft()
+            expired += 1
         live = [c for c in containers if c.stopped_at is None]
         for c in live:  # oldest first
+            if c.idle_since is not None and not queue and low_queue:  # no backlog, spare capacity: hand low work
+                c.batch = [low_queue.popleft() for _ in range(min(knobs.batch_size, len(low_queue)))]
+                c.low = True
+                seconds = service_seconds(len(c.batch))
+                c.busy_seconds += seconds
+                c.idle_since = None
+                in_service += len(c.batch)
+                low_waits.extend(t - arrival for arrival, _ in c.batch)
+                push(t + seconds, "done", c)
+                continue
             if c.idle_since is None or not queue:
                 continue
             batch_opens = max(c.idle_since, queue[0][0]) + knobs.batch_wait
             if len(queue) >= knobs.batch_size or t >= batch_opens - 1e-9:
                 c.batch = [queue.popleft() for _ in range(min(knobs.batch_size, len(queue)))]
+                c.low = False
                 seconds = service_seconds(len(c.batch))
                 c.busy_seconds += seconds
                 c.idle_since = None
@@ -184,7 +228,7 @@ def simulate(arrivals: list[float], service_seconds: Callable[[int], float], kno
             elif c.timer_at != batch_opens:
                 c.timer_at = batch_opens
                 push(batch_opens, "batch-timer", c)
-        demand = len(queue) + in_service
+        demand = len(queue) + in_service  # waiting low jobs are not Modal's; running ones are
         wanted = math.ceil(demand / knobs.batch_size) + (knobs.buffer_containers if demand else 0)
         wanted = min(knobs.max_containers, max(knobs.min_containers, wanted))
         for _ in range(wanted - len(live)):
@@ -203,20 +247,23 @@ def simulate(arrivals: list[float], service_seconds: Callable[[int], float], kno
 
     while events:
         now, _, kind, payload = heapq.heappop(events)
-        if kind == "arrive":
+        if kind in ("arrive", "arrive-low"):
             if knobs.spend_cap and spent.get(int(now // 86400), 0.0) >= knobs.spend_cap:
                 capped += 1
-            elif knobs.max_queue_depth and len(queue) + in_service >= knobs.max_queue_depth:
+            elif knobs.max_queue_depth and len(queue) + len(low_queue) + in_service >= knobs.max_queue_depth:
                 refused += 1
-            else:
+            elif kind == "arrive":
                 queue.append((now, payload))
+            else:
+                low_queue.append((now, payload))
+                push(now + knobs.max_queue_seconds, "expire")
         elif kind in ("ready", "done"):
             c = payload
             if kind == "done":
                 last_done = now
                 day = int(now // 86400)
                 spent[day] = spent.get(day, 0.0) + service_seconds(len(c.batch)) * usd_per_second
-                latencies.extend(now - arrival for arrival, _ in c.batch)
+                (low_latencies if c.low else latencies).extend(now - arrival for arrival, _ in c.batch)
                 in_service -= len(c.batch)
                 c.batch = []
             c.idle_since = now
@@ -229,7 +276,8 @@ def simulate(arrivals: list[float], service_seconds: Callable[[int], float], kno
     cold = sum(c.ready_at - c.requested_at for c in containers)
     busy = sum(c.busy_seconds for c in containers)
     return Result(latencies=latencies, waits=waits, refused=refused, cold_starts=cold_starts, billed_seconds=billed,
-                  busy_seconds=busy, cold_seconds=cold, cost=billed * usd_per_second, end=end, capped=capped)
+                  busy_seconds=busy, cold_seconds=cold, cost=billed * usd_per_second, end=end, capped=capped,
+                  low_latencies=low_latencies, low_waits=low_waits, expired=expired)
 
 
 # --- traces -------------------------------------------------------------------------------------
@@ -340,12 +388,16 @@ def ints(raw: str) -> list[int]:
     return [int(x) for x in raw.split(",") if x.strip()]
 
 
-def summary_row(label: list, r: Result) -> list:
-    return [*label, r.images, r.refused, r.capped, r.cold_starts, f"{r.usd_per_1000_images:.3f}", f"{r.idle_share:.0%}",
-            f"{r.latency(50):.1f}", f"{r.latency(95):.1f}", f"{r.latency(99):.1f}"]
+def summary_row(label: list, r: Result, low: bool = False) -> list:
+    row = [*label, r.images, r.refused, r.capped, r.cold_starts, f"{r.usd_per_1000_images:.3f}", f"{r.idle_share:.0%}",
+           f"{r.latency(50):.1f}", f"{r.latency(95):.1f}", f"{r.latency(99):.1f}"]
+    if low:
+        row += [len(r.low_latencies), r.expired, f"{r.low_wait(50):.0f}", f"{r.low_wait(95):.0f}"]
+    return row
 
 
 SUMMARY_HEADERS = ["images", "refused", "spend-capped", "cold starts", "$/1k img", "idle share", "p50 s", "p95 s", "p99 s"]
+LOW_HEADERS = ["low done", "low expired", "low wait p50 s", "low wait p95 s"]  # p50..p99 above: normal jobs
 
 
 def sweep_png(points: list[tuple[int, float, Result]], target: float, path: Path, title: str) -> None:
@@ -384,12 +436,34 @@ def recommend(points: list[tuple[int, float, Result]], target: float) -> tuple[i
 
 
 def print_savings(arrivals: list[float], table: dict[int, float], knobs: Knobs, usd: float, duration: float,
-                  capped: Result) -> None:
+                  capped: Result, low: list[float] = ()) -> None:
     """The same traffic without the spend cap, beside it: what the cap saves and what it refuses."""
-    free = simulate(arrivals, table_service(table), replace(knobs, spend_cap=0.0), usd, duration)
+    free = simulate(arrivals, table_service(table), replace(knobs, spend_cap=0.0), usd, duration, low)
     print(f"spend cap ${knobs.spend_cap:g}/day: bill ${capped.cost:.2f} instead of ${free.cost:.2f} "
           f"(saves ${free.cost - capped.cost:.2f}, {1 - capped.cost / free.cost if free.cost else 0:.0%}); "
           f"{capped.images} of {free.images} images delivered, {capped.capped} requests refused with 429")
+
+
+def split_low(arrivals: list[float], share: float, rng: random.Random) -> tuple[list[float], list[float]]:
+    """(normal, low): each request sent as low priority with probability `share`."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"--low-share must be 0..1, got {share}")
+    normal, low = [], []
+    for at in arrivals:
+        (low if rng.random() < share else normal).append(at)
+    return normal, low
+
+
+def print_low_savings(normal: list[float], low: list[float], table: dict[int, float], knobs: Knobs, usd: float,
+                      duration: float, split: Result) -> None:
+    """The same requests all sent as normal, beside the split: what the low lane saves and what it costs."""
+    same = simulate(sorted(normal + low), table_service(table), knobs, usd, duration)
+    print(f"low lane: {len(low)} of {len(normal) + len(low)} requests low; bill ${split.cost:.2f} instead of "
+          f"${same.cost:.2f} all normal (saves ${same.cost - split.cost:.2f}, "
+          f"{1 - split.cost / same.cost if same.cost else 0:.0%}); $/1k images {split.usd_per_1000_images:.3f} vs "
+          f"{same.usd_per_1000_images:.3f}; cold starts {split.cold_starts} vs {same.cold_starts}; normal p95 "
+          f"{split.latency(95):.1f}s vs {same.latency(95):.1f}s; low jobs {len(split.low_latencies)} done, "
+          f"{split.expired} expired (wait p50 {split.low_wait(50):.0f}s, p95 {split.low_wait(95):.0f}s)")
 
 
 def main(argv=None) -> int:
@@ -421,6 +495,13 @@ def main(argv=None) -> int:
     knobs.add_argument("--spend-cap", type=float, default=0.0,
                        help="SPEND_CAP_USD_PER_DAY: refuse once the day's jobs cost this much; 0 = off. Prints "
                             "the same traffic without it too, and what it saves")
+    knobs.add_argument("--low-share", type=float, default=0.0,
+                       help="fraction of requests sent with priority low (e.g. bulk imports): they run only on an "
+                            "idle running container. Prints the same requests all normal too")
+    knobs.add_argument("--low-bulk", type=int, default=0, metavar="N",
+                       help="N more requests with priority low, uniform over the trace (a bulk import)")
+    knobs.add_argument("--max-queue-seconds", type=float, default=3600.0,
+                       help="MAX_QUEUE_SECONDS: a low job not started within this ends expired")
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--sweep", action="store_true", help="scaledown window x max containers; draws a PNG")
     sweep.add_argument("--windows", default="2,10,30,60,120,300,600")
@@ -440,6 +521,8 @@ def main(argv=None) -> int:
             arrivals = burst_trace(n, m, args.hours, args.burst_seconds, rng)
             label = f"{n} bursts/h of {m} requests over {args.burst_seconds:g}s"
         duration = max(args.hours * 3600 if not args.trace_csv else 0.0, max(arrivals, default=0.0))
+        normal, low = split_low(arrivals, args.low_share, rng)
+        low = sorted(low + [rng.uniform(0, duration) for _ in range(args.low_bulk)])
         gpu_type = args.gpu
         if args.s_per_image:
             table, source = parse_table(args.s_per_image), "--s-per-image"
@@ -454,24 +537,30 @@ def main(argv=None) -> int:
             return Knobs(scaledown_window=window, min_containers=args.min_containers, max_containers=max_containers,
                          buffer_containers=args.buffer_containers, batch_size=args.batch_size,
                          batch_wait=args.batch_wait_ms / 1000, max_queue_depth=args.max_queue_depth,
-                         cold_start=args.cold_start, spend_cap=args.spend_cap)
+                         cold_start=args.cold_start, spend_cap=args.spend_cap,
+                         max_queue_seconds=args.max_queue_seconds)
 
         windows = floats(args.windows) if args.sweep else floats(args.scaledown_window)
         grid = ints(args.max_containers_grid) if args.sweep else [args.max_containers]
-        points = [(m, w, simulate(arrivals, table_service(table), knobs_for(w, m), usd, duration))
+        points = [(m, w, simulate(normal, table_service(table), knobs_for(w, m), usd, duration, low))
                   for m in grid for w in windows]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    print(f"{label}: {len(arrivals)} requests over {duration / 3600:.2f} h; {gpu_type} at ${usd}/s; "
+    bulk = f" + {args.low_bulk} low spread over the trace" if args.low_bulk else ""
+    print(f"{label}{bulk}: {len(normal) + len(low)} requests ({len(low)} low) over {duration / 3600:.2f} h; "
+          f"{gpu_type} at ${usd}/s; "
           f"s/image {', '.join(f'b{b}={s:.3f}' for b, s in sorted(table.items()))} ({source}, {args.steps} steps); "
           f"cold start {args.cold_start:g}s; min {args.min_containers}, buffer {args.buffer_containers}, "
           f"batch {args.batch_size}/{args.batch_wait_ms:g}ms, queue cap {args.max_queue_depth or 'off'}")
-    print_table(["max containers", "scaledown s", *SUMMARY_HEADERS],
-                [summary_row([m, f"{w:g}"], r) for m, w, r in points])
+    lane = [*LOW_HEADERS] if low else []
+    print_table(["max containers", "scaledown s", *SUMMARY_HEADERS, *lane],
+                [summary_row([m, f"{w:g}"], r, bool(low)) for m, w, r in points])
     if args.spend_cap and not args.sweep:
-        print_savings(arrivals, table, knobs_for(windows[0], grid[0]), usd, duration, points[0][2])
+        print_savings(normal, table, knobs_for(windows[0], grid[0]), usd, duration, points[0][2], low)
+    if low and not args.sweep:
+        print_low_savings(normal, low, table, knobs_for(windows[0], grid[0]), usd, duration, points[0][2])
     print(f"Segmind: ~${SEGMIND_USD_PER_IMAGE * 1000:.2f} per 1000 images")
     if args.sweep:
         title = f"{label}, {gpu_type}, cold start {args.cold_start:g}s, batch {args.batch_size}"

@@ -164,3 +164,72 @@ def test_cli_prints_what_the_spend_cap_saves(capsys):
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("spend cap $5/day"))
     assert "requests refused with 429" in line and "(saves $0.00" not in line
+
+
+# --- the low lane (priority "low") ----------------------------------------------------------------
+
+def test_low_job_never_starts_a_container():
+    """Low jobs alone with nothing up: no container starts, nothing is billed, they wait and expire."""
+    knobs = Knobs(min_containers=0, max_containers=4, cold_start=10, max_queue_seconds=600)
+    r = simulate([], lambda n: 1.0, knobs, PRICE, duration=3600, low_arrivals=[0.0, 5.0, 100.0])
+    assert r.cold_starts == 0 and r.billed_seconds == 0 and r.images == 0 and r.expired == 3
+    # Beside a normal job: it starts one container for itself; the low jobs queue for that one, not a second.
+    r = simulate([0.0], lambda n: 1.0, knobs, PRICE, low_arrivals=[0.0, 0.0, 0.0])
+    assert r.cold_starts == 1 and r.latencies == [pytest.approx(11.0)]
+    assert sorted(r.low_latencies) == pytest.approx([12.0, 13.0, 14.0]) and r.expired == 0
+
+
+def test_low_job_runs_at_once_on_an_idle_warm_container():
+    r = simulate([], lambda n: 1.0, Knobs(min_containers=1, max_containers=1), PRICE, low_arrivals=[5.0])
+    assert r.cold_starts == 0 and r.low_waits == [pytest.approx(0.0)] and r.low_latencies == [pytest.approx(1.0)]
+    # min 0: inside a normal job's scaledown window (it stops at 10 + 1 + 60 = 71 s) the container is still up;
+    # the low job keeps it another window.
+    knobs = Knobs(min_containers=0, scaledown_window=60, cold_start=10)
+    r = simulate([0.0], lambda n: 1.0, knobs, PRICE, low_arrivals=[30.0])
+    assert r.cold_starts == 1 and r.low_waits == [pytest.approx(0.0)]
+    assert r.billed_seconds == pytest.approx(31 + 60)
+    assert r.images == 2 and r.usd_per_1000_images == pytest.approx(91 * PRICE / 2 * 1000)
+
+
+def test_low_job_waits_for_capacity_and_expires_after_max_queue_seconds():
+    knobs = Knobs(min_containers=0, scaledown_window=60, cold_start=10, max_queue_seconds=100)
+    # A normal job at 50 s starts a container (ready at 60, done at 61); the low job from 0 s runs after it.
+    r = simulate([50.0], lambda n: 1.0, knobs, PRICE, low_arrivals=[0.0])
+    assert r.cold_starts == 1 and r.expired == 0 and r.low_waits == [pytest.approx(61.0)]
+    # The normal job comes at 150 s: the low job has waited its 100 s by then and is gone, never run.
+    r = simulate([150.0], lambda n: 1.0, knobs, PRICE, low_arrivals=[0.0])
+    assert r.expired == 1 and r.low_latencies == [] and r.images == 1 and r.cold_starts == 1
+    # The container stopped at 71 s: a low job arriving at 80 s waits with nothing up and expires at 180 s.
+    r = simulate([0.0], lambda n: 1.0, knobs, PRICE, low_arrivals=[80.0])
+    assert r.expired == 1 and r.cold_starts == 1 and r.billed_seconds == pytest.approx(71)
+
+
+def test_normal_jobs_go_first_when_both_wait():
+    """One container busy 0..1 s; a low job arrives at 0.2 s and a normal one at 0.5 s: the normal one runs first."""
+    knobs = Knobs(min_containers=1, max_containers=1, max_queue_depth=0)
+    r = simulate([0.0, 0.5], lambda n: 1.0, knobs, PRICE, low_arrivals=[0.2])
+    assert r.latencies == [pytest.approx(1.0), pytest.approx(1.5)]
+    assert r.low_waits == [pytest.approx(1.8)] and r.low_latencies == [pytest.approx(2.8)]
+    # Batches of 2 (no batch wait, so the first arrival goes alone): all normal work before the low jobs,
+    # which then share a batch.
+    knobs = Knobs(min_containers=1, max_containers=1, batch_size=2, max_queue_depth=0)
+    r = simulate([0.0, 0.0, 0.0], lambda n: 1.0, knobs, PRICE, low_arrivals=[0.0, 0.0])
+    assert sorted(r.latencies) == pytest.approx([1.0, 2.0, 2.0]) and r.low_latencies == pytest.approx([3.0, 3.0])
+
+
+def test_waiting_low_jobs_count_toward_the_queue_cap():
+    knobs = Knobs(min_containers=0, max_containers=1, max_queue_depth=2)
+    r = simulate([1.0], lambda n: 1.0, knobs, PRICE, low_arrivals=[0.0, 0.0])
+    assert r.refused == 1 and r.cold_starts == 0 and r.expired == 2
+
+
+def test_cli_prints_what_the_low_lane_saves(capsys):
+    assert cost_sim.main(["--bursts", "3", "200", "--hours", "2", "--low-share", "0.5", "--low-bulk", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "low expired" in out
+    line = next(line for line in out.splitlines() if line.startswith("low lane: "))
+    assert "all normal" in line and "expired" in line
+    assert cost_sim.main(["--low-share", "2"]) == 2
+    assert "--low-share must be 0..1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_queue_seconds"):
+        Knobs(max_queue_seconds=0)
