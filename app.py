@@ -2,7 +2,8 @@
 
 - web:              the same FastAPI app, light image (no torch), many requests per container
 - Inpainter:        GPU class; loads the pipeline once per container (memory snapshot), runs jobs
-- sweep:            scheduled: expired jobs and their objects, jobs whose GPU call died, credit counters
+- sweep:            scheduled: expired jobs and their objects, jobs whose GPU call died, credit counters, and
+                    held low-priority jobs handed to idle GPU containers
 - deliver_webhook:  signed webhook delivery with retries, off the GPU
 - download_weights: `modal run app.py::download_weights` fills the weight Volume
 
@@ -313,7 +314,20 @@ def sweep():
     jobs = _backend(settings, dispatching=True).jobs
     done = housekeeping_round(jobs, settings.lease_seconds, budget=SWEEP_TIMEOUT / 2,
                               keep_alive=[key_owner(key) for key in settings.api_keys])
+    try:
+        done["low-priority released"] = jobs.dispatcher.release_held(gpu_room())
+    except Exception:  # Modal's stats unreachable: the held jobs wait for the next sweep
+        logging.getLogger("app").exception("releasing low-priority jobs failed")
+        done["low-priority released"] = None
     print("sweep: " + ", ".join(f"{what}: {'failed' if count is None else count}" for what, count in done.items()))
+
+
+def gpu_room() -> int:
+    """How many held low-priority jobs the running GPU containers can take now without Modal starting another:
+    none while inputs wait (backlog), else the containers not running any input. Conservative: a container busy
+    with a batch counts as full."""
+    stats = Inpainter().run.get_current_stats()
+    return 0 if stats.backlog else max(0, stats.num_total_runners - stats.num_running_inputs)
 
 
 @app.function(image=jobs_image, secrets=[*storage_secrets, webhook_secret], env=runtime_env, timeout=300)

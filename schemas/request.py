@@ -56,6 +56,9 @@ class InpaintParams(BaseModel):
     webhook_url: str | None = Field(None, max_length=MAX_URL_CHARS,
                                     description=f"Extension, v2: URL POSTed the final body, at most {MAX_URL_CHARS} "
                                                 f"characters.")
+    priority: Literal["normal", "low"] = Field(
+        "normal", description="Extension: `low` runs only when no normal job waits, and on Modal never starts a GPU "
+                              "container: bulk work that can wait (at most MAX_QUEUE_SECONDS, then FAILED expired).")
     original_size: bool = Field(
         False, description="Extension: answer at the input's own size (after EXIF orientation) instead of "
                            "img_width x img_height. Without only_masked the whole image is fitted into "

@@ -102,7 +102,7 @@ class Admission:
         if decoded is not None and self.hand_over_inputs:
             self.lifecycle.decoded.put(record.id, *decoded)
         try:
-            self.dispatcher.submit(record.id)
+            (self.dispatcher.hold if record.low_priority else self.dispatcher.submit)(record.id)
         except Exception as exc:
             log.exception("dispatching job %s failed", record.id)
             # fail() gives back the credits and the day's images: the job never ran

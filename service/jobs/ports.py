@@ -121,6 +121,10 @@ class Dispatcher(Protocol):
 
     def submit(self, job_id: str) -> None: ...
 
+    def hold(self, job_id: str) -> None:
+        """A low-priority job: run it only when no normal job waits (and, on Modal, never start a container
+        for it)."""
+
     def redispatch(self, job_id: str) -> None: ...
 
     def cancel(self, job_id: str) -> None:

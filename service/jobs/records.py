@@ -59,6 +59,10 @@ class JobRecord(BaseModel):
         "expired in queue" when it waits too long), so every accepted request ends COMPLETED or FAILED."""
         return self.status.terminal and self.expires_at <= now
 
+    @property
+    def low_priority(self) -> bool:
+        return self.params.get("priority") == "low"
+
     def past_deadline(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
 

@@ -99,7 +99,7 @@ class ProcessDispatcher:
         self.dispatched[job_id] = time.time()
         self.commands.put(("run", (job_id, to_wire(self.jobs.lifecycle.decoded.take(job_id)))))
 
-    redispatch = submit
+    redispatch = hold = submit  # the worker's queue reads the job's priority
 
     def cancel(self, job_id: str) -> None:
         self.commands.put(("cancel", job_id))

@@ -2,8 +2,8 @@
 once and runs jobs with `run_jobs`; v1 callers get their job's outcome handed over in memory."""
 
 import logging
-import queue
 import threading
+from collections import deque
 import time
 from typing import Any, Callable
 
@@ -67,43 +67,58 @@ class OutcomeHandover:
 
 
 class RoundQueue:
-    """The jobs waiting for this process's worker, in order, taken a round at a time: the first live job and,
-    with batching on, those queued behind it (at most `max_images` in all, waiting at most `wait` seconds for
-    company). Jobs that ended while queued (cancelled) are dropped as they come off, taking no seat. Whether a
-    round's jobs can share a call is run_jobs' business. `dispatched` holds when each waiting job was queued."""
+    """The jobs waiting for this process's worker, taken a round at a time: the first live job and, with batching
+    on, those queued behind it in the same lane (at most `max_images` in all, waiting at most `wait` seconds for
+    company). Two lanes: a low-priority job is taken only when no normal one waits. Jobs that ended while queued
+    (cancelled) are dropped as they come off, taking no seat. Whether a round's jobs can share a call is
+    run_jobs' business. `dispatched` holds when each waiting job was queued."""
 
-    def __init__(self, ended: Callable[[str], bool], wait: float):
-        self.ended, self.wait = ended, wait
+    def __init__(self, ended: Callable[[str], bool], wait: float, low: Callable[[str], bool] = lambda job_id: False):
+        self.ended, self.wait, self.low = ended, wait, low
         self.dispatched: dict[str, float] = {}
-        self._queue: "queue.Queue[str | None]" = queue.Queue()
+        self._lanes: tuple[deque[str], deque[str]] = (deque(), deque())  # normal, low
+        self._closed = False
+        self._changed = threading.Condition()
 
     def put(self, job_id: str) -> None:
-        self.dispatched[job_id] = time.time()
-        self._queue.put(job_id)
+        lane = self._lanes[1] if self.low(job_id) else self._lanes[0]
+        with self._changed:
+            self.dispatched[job_id] = time.time()
+            lane.append(job_id)
+            self._changed.notify()
 
     def close(self) -> None:
-        self._queue.put(None)
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
 
     def next_round(self, max_images: int) -> list[str] | None:
         """The next round's job ids, blocking until there is one; None once closed."""
-        while (first := self._queue.get()) is not None:
+        while (taken := self._take(None)) is not None:
+            first, lane = taken
             if not self._dropped(first):
-                return [first, *self._company(max_images)]
+                return [first, *self._company(lane, max_images)]
         return None
 
-    def _company(self, max_images: int) -> list[str]:
+    def _take(self, timeout: float | None, lane: deque | None = None) -> tuple[str, deque] | None:
+        """The next job (of `lane`, else normal before low) with its lane; None when timed out, or closed with
+        nothing left (jobs queued before close() are still taken, as before)."""
+        lanes = (lane,) if lane is not None else self._lanes
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._closed or any(lanes), timeout) or not any(lanes):
+                return None
+            chosen = next(queued for queued in lanes if queued)
+            return chosen.popleft(), chosen
+
+    def _company(self, lane: deque, max_images: int) -> list[str]:
         company: list[str] = []
         deadline = time.monotonic() + self.wait
         while len(company) + 1 < max_images:
-            try:
-                job_id = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
+            taken = self._take(max(0.0, deadline - time.monotonic()), lane)
+            if taken is None:
                 break
-            if job_id is None:  # closing: leave the signal for next_round
-                self._queue.put(None)
-                break
-            if not self._dropped(job_id):
-                company.append(job_id)
+            if not self._dropped(taken[0]):
+                company.append(taken[0])
         return company
 
     def _dropped(self, job_id: str) -> bool:
@@ -122,7 +137,8 @@ class EmbeddedDispatcher:
         self.shutdown_grace = shutdown_grace
         self.job_timeout = job_timeout
         self.batch_max_images = batch_max_images  # None: decided by the device once the model is loaded
-        self.queue = RoundQueue(lambda job_id: self.jobs.lifecycle.cancelled(job_id), batch_wait_ms / 1000)
+        self.queue = RoundQueue(lambda job_id: self.jobs.lifecycle.cancelled(job_id), batch_wait_ms / 1000,
+                                low=self._low_priority)
         self.jobs: JobService | None = None  # set by bind(): the service and its dispatcher refer to each other
         self.handover: OutcomeHandover | None = None
         self.inpainter = None
@@ -139,6 +155,14 @@ class EmbeddedDispatcher:
         self.jobs = jobs
         self.handover = OutcomeHandover(jobs)
         jobs.lifecycle.on_ended = self.handover.give  # v1 gets its answer before the worker's end-of-job chores
+
+    def _low_priority(self, job_id: str) -> bool:
+        try:
+            record = self.jobs.records.get(job_id)
+        except Exception:  # the store briefly unreachable: the normal lane, the job is not lost
+            log.warning("job %s: reading its priority failed", job_id, exc_info=True)
+            return False
+        return record is not None and record.low_priority
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="inpaint-worker", daemon=True)
@@ -161,7 +185,7 @@ class EmbeddedDispatcher:
     def submit(self, job_id: str) -> None:
         self.queue.put(job_id)
 
-    redispatch = submit
+    redispatch = hold = submit  # the queue puts a low-priority job in its low lane
 
     def cancel(self, job_id: str) -> None:
         """Nothing to do: the worker checks the job's cancel flag before it starts and at every step."""

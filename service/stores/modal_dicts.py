@@ -39,6 +39,7 @@ from service.jobs.records import ExpiredJob, JobRecord, apply_changes
 log = logging.getLogger(__name__)
 
 JOB, FINAL, CANCEL, CALL, CLAIM, IDEM = "job:", "final:", "cancel:", "call:", "claim:", "idem:"
+HELD = "held:"  # a low-priority job kept back from Modal until running containers have room (modal_dispatch)
 BIND_TRIES = 3  # reads of a key's binding while others free or take it over at the same moment
 TAIL, HEAD = "queue:tail", "queue:head"
 DEPTH_MAX_AGE = 1.0  # seconds a container reuses the queue depth it read (len() is an expensive call)
@@ -191,7 +192,8 @@ class DictRecords(DictKeyBindings):
         claims = [f"{CLAIM}attempt{n}:{record.id}" for n in range(1, max(record.attempts, record.redispatches + 1) + 1)]
         cancelled = [CANCEL + record.id] if record.failure is not None and record.failure.value == "cancelled" else []
         bound = [IDEM + record.idempotency_key] if record.idempotency_key else []
-        return [JOB + record.id, FINAL + record.id, CALL + record.id, *cancelled, *claims, *bound]
+        held = [HELD + record.id] if record.low_priority else []
+        return [JOB + record.id, FINAL + record.id, CALL + record.id, *cancelled, *claims, *bound, *held]
 
     def claim(self, name: str) -> bool:
         return self.dict.put(CLAIM + name, time.time(), skip_if_exists=True)
@@ -210,6 +212,8 @@ class DictRecords(DictKeyBindings):
         """Jobs submitted before this one that have not started: its ticket less the queue's head, at most the
         unfinished jobs but this one. One Dict call, however long the queue. Approximate: a job that ended
         without starting (cancelled, expired) counts until the queue passes it."""
+        if record.low_priority:  # behind every job that is not done, whichever its lane (an upper bound)
+            return max(0, self.depth.get() - 1)
         if record.ticket is None:
             return 0
         behind_head = record.ticket - (self.dict.get(HEAD) or 0) - 1

@@ -17,7 +17,8 @@ from typing import Any, Callable
 from service.jobs.errors import CallStateUnknown, WorkerFailed
 from service.jobs.records import JobOutcome
 from service.jobs.waiting import run_blocking
-from service.stores.modal_dicts import CALL, DictRecords
+from schemas import JobStatus
+from service.stores.modal_dicts import CALL, HELD, DictRecords
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,27 @@ class ModalDispatcher:
         call = self.spawn(job_id)
         self.records.dict.put(CALL + job_id, {"id": call.object_id, "at": time.time()})
 
+    def hold(self, job_id: str) -> None:
+        """A low-priority job is not handed to Modal now: that could start a GPU container. release_held() sends
+        it once running containers have room."""
+        self.records.dict.put(HELD + job_id, time.time())
+
+    def release_held(self, room: int) -> int:
+        """Hand up to `room` held jobs to Modal, oldest first; `room` is what running GPU containers can take
+        without Modal starting another (app.py asks Modal). One stream of the active index when there is room
+        (then no normal job waits, so it lists little more than the held jobs); none otherwise."""
+        released = 0
+        if room <= 0:
+            return 0
+        for job_id in self.records.unfinished_ids(JobStatus.QUEUED):
+            if released >= room:
+                break
+            if self.records.dict.get(HELD + job_id) is None or self.records.dict.get(CALL + job_id) is not None:
+                continue
+            self.submit(job_id)
+            released += 1
+        return released
+
     def _call(self, job_id: str):
         entry = self.records.dict.get(CALL + job_id)
         return self.call_from_id(entry["id"]) if entry else None
@@ -96,11 +118,13 @@ class ModalDispatcher:
 
     def last_dispatch(self, job_id: str) -> float | None:
         entry = self.records.dict.get(CALL + job_id)
-        return entry["at"] if entry else None
+        return entry["at"] if entry else self.records.dict.get(HELD + job_id)
 
     def call_state(self, job_id: str) -> str | None:
         call = self._call(job_id)
         if call is None:
+            if self.records.dict.get(HELD + job_id) is not None:
+                return None  # held back on purpose (low priority): MAX_QUEUE_SECONDS bounds its wait
             return "the job was never handed to a worker"
         try:
             call.get(timeout=0)

@@ -222,8 +222,11 @@ class SQLiteState(SQLiteKeyBindings):
         return int(self.db.select(COUNT_UNFINISHED)[0][0])
 
     def queue_position(self, record: JobRecord) -> int:
-        rows = self.db.select("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND created_at < ?",
-                            (record.created_at,))
+        """Queued jobs that run before this one: the earlier ones of its lane and, for a low-priority job, every
+        normal one."""
+        low = "json_extract(doc, '$.params.priority') IS 'low'"
+        lane = f"(NOT {low} OR created_at < ?)" if record.low_priority else f"NOT {low} AND created_at < ?"
+        rows = self.db.select(f"SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND {lane}", (record.created_at,))
         return int(rows[0][0])
 
     def unfinished_ids(self, status: JobStatus) -> list[str]:
