@@ -152,15 +152,18 @@ class JobLifecycle:
         record = outcome.record
         self._cancelled_here.pop(record.id, None)
         self.decoded.take(record.id)
-        steps = [("counting it into the deployment's totals", lambda: count_ended(self.counters, record))]
-        if record.gpu_seconds is not None:
-            steps.append(("adding to the key's daily usage", lambda: add_usage(self.counters, record)))
+        # The refund first: a poller sees the job's end as soon as the record is final, and its next submit
+        # must find the credits back.
+        steps = []
         if record.status == JobStatus.FAILED and refunded(record.failure):
             steps.append(("giving back the credits", lambda: refund_credits(self.counters, record)))
         if record.status == JobStatus.FAILED and record.gpu_seconds is None and record.started_at is None:
             steps.append(("giving back the day's images (it never ran)",
                           lambda: refund_daily(self.counters, record.samples, self.settings.daily_image_cap,
                                                now=record.created_at)))
+        if record.gpu_seconds is not None:
+            steps.append(("adding to the key's daily usage", lambda: add_usage(self.counters, record)))
+        steps.append(("counting it into the deployment's totals", lambda: count_ended(self.counters, record)))
         if self.on_ended is not None:
             steps.append(("handing the outcome to its waiter", lambda: self.on_ended(outcome)))
         steps.append(("deleting the inputs", lambda: self.inputs.delete([record.inputs_at])))
