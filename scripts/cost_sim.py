@@ -196,35 +196,33 @@ def simulate(arrivals: list[float], service_seconds: Callable[[int], float], kno
     now = last_done = 0.0
     spent: dict[int, float] = {}  # day -> USD of the jobs that ended on it
 
+    def start_batch(c: "Container", t: float, lane: deque, low: bool, lane_waits: list[float]) -> None:
+        """Container `c` takes a batch from `lane` at time t."""
+        nonlocal in_service
+        c.batch = [lane.popleft() for _ in range(min(knobs.batch_size, len(lane)))]
+        c.low = low
+        seconds = service_seconds(len(c.batch))
+        c.busy_seconds += seconds
+        c.idle_since = None
+        in_service += len(c.batch)
+        lane_waits.extend(t - arrival for arrival, _ in c.batch)
+        push(t + seconds, "done", c)
+
     def reconcile(t: float):
-        nonlocal in_service, cold_starts, expired
+        nonlocal cold_starts, expired
         while low_queue and t >= low_queue[0][0] + knobs.max_queue_seconds - 1e-9:
             low_queue.popleft()
             expired += 1
         live = [c for c in containers if c.stopped_at is None]
         for c in live:  # oldest first
             if c.idle_since is not None and not queue and low_queue:  # no backlog, spare capacity: hand low work
-                c.batch = [low_queue.popleft() for _ in range(min(knobs.batch_size, len(low_queue)))]
-                c.low = True
-                seconds = service_seconds(len(c.batch))
-                c.busy_seconds += seconds
-                c.idle_since = None
-                in_service += len(c.batch)
-                low_waits.extend(t - arrival for arrival, _ in c.batch)
-                push(t + seconds, "done", c)
+                start_batch(c, t, low_queue, True, low_waits)
                 continue
             if c.idle_since is None or not queue:
                 continue
             batch_opens = max(c.idle_since, queue[0][0]) + knobs.batch_wait
             if len(queue) >= knobs.batch_size or t >= batch_opens - 1e-9:
-                c.batch = [queue.popleft() for _ in range(min(knobs.batch_size, len(queue)))]
-                c.low = False
-                seconds = service_seconds(len(c.batch))
-                c.busy_seconds += seconds
-                c.idle_since = None
-                in_service += len(c.batch)
-                waits.extend(t - arrival for arrival, _ in c.batch)
-                push(t + seconds, "done", c)
+                start_batch(c, t, queue, False, waits)
             elif c.timer_at != batch_opens:
                 c.timer_at = batch_opens
                 push(batch_opens, "batch-timer", c)
