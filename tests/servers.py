@@ -1,12 +1,15 @@
 """Real servers on loopback for the tests: the API under uvicorn, a static image host."""
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from service.config import Settings
@@ -132,3 +135,23 @@ class StaticHost:
 
     def stop(self):
         self.httpd.shutdown()
+
+
+def start_service(args: list[str], env: dict, cwd: Path, log_path: Path, timeout: float = 120) -> subprocess.Popen:
+    """`python -m service *args` in a process of its own (its output appended to log_path), returned once its
+    /health answers ok on env's PORT; a server that exits or never gets ready fails the test with its log."""
+    url = f"http://127.0.0.1:{env['PORT']}/health"
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "service", *args], cwd=cwd, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).json()["status"] == "ok":
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"the server did not start:\n{log_path.read_text()[-3000:]}")

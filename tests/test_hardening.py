@@ -4,8 +4,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -17,7 +15,7 @@ from service.embedded import build_embedded
 from service.jobs.housekeeping import reap_stale
 from service.jobs.records import JobRecord
 from tests.conftest import REPO
-from tests.servers import KEY_A, KEY_B, SlowInpainter, api_server, free_port, make_settings
+from tests.servers import KEY_A, KEY_B, SlowInpainter, api_server, free_port, make_settings, start_service
 from tests.test_service import BODY, SLUG, wait_terminal
 
 
@@ -117,17 +115,7 @@ def test_killed_server_process_job_ends_terminal(tmp_path):
     url = f"http://127.0.0.1:{port}"
 
     def start():
-        proc = subprocess.Popen([sys.executable, "-m", "service", "--demo"], cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).json()["status"] == "ok":
-                    return proc
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        proc.kill()
-        raise AssertionError("server did not start")
+        return start_service(["--demo"], env, REPO, tmp_path / "server.log")
 
     proc = start()
     try:

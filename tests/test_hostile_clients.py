@@ -286,12 +286,11 @@ def test_a_webhook_waiting_for_its_retry_survives_a_restart(tmp_path, tiny_model
     import os
     import signal
     import subprocess
-    import sys
 
     import httpx
 
     from tests.conftest import REPO
-    from tests.servers import free_port
+    from tests.servers import free_port, start_service
     from tests.test_extensions import Receiver
 
     receiver, port = Receiver(fail_first=1), free_port()
@@ -302,19 +301,7 @@ def test_a_webhook_waiting_for_its_retry_survives_a_restart(tmp_path, tiny_model
     url = f"http://127.0.0.1:{port}"
 
     def serve() -> subprocess.Popen:
-        log = open(tmp_path / "server.log", "a")
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=tmp_path, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).json()["status"] == "ok":
-                    return proc
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.1)
-        raise AssertionError("the server did not start")
+        return start_service([], env, tmp_path, tmp_path / "server.log")
 
     first = serve()
     try:
