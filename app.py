@@ -111,7 +111,7 @@ gpu_image = (
     .pip_install(*GPU_PACKAGES)
     .env({"HF_HUB_OFFLINE": "1", "TORCHINDUCTOR_CACHE_DIR": f"{COMPILE_CACHE}/inductor",
           "TRITON_CACHE_DIR": f"{COMPILE_CACHE}/triton"})
-    .add_local_python_source("schemas", "service", "inference", ignore=IGNORE)
+    .add_local_python_source("schemas", "service", "inference", "weights", ignore=IGNORE)
 )
 download_image = (
     modal.Image.debian_slim(python_version="3.11")

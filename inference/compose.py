@@ -11,6 +11,11 @@ Three ways to run, chosen by the request:
 In every mode the result is the base picture with the generated pixels pasted
 through a weight that is 255 inside the (grown) mask and fades out over the
 feathered edge: wherever the weight is 0 the base's pixels are untouched.
+
+Before that, `paint_area` settles what is painted when the request asks for more
+than a drawn mask: the drawn mask joined with the mask found from words
+(inference/masks.py), inverted on request, and the canvas extended for
+outpainting (the new border mirrors the picture and is always painted).
 """
 
 from dataclasses import dataclass
@@ -111,6 +116,37 @@ def letterbox(region: Image.Image, placed: Box, target: Size, fill_edges: bool) 
     return Image.fromarray(padded, region.mode)
 
 
+Sides = tuple[int, int, int, int]  # pixels added on the left, top, right, bottom
+
+
+def combine_masks(size: Size, drawn: Image.Image | None, found: Image.Image | None, invert: bool) -> Image.Image:
+    """Binary mask at `size`: the drawn mask (stretched to `size`) joined with the found one, inverted on request."""
+    mask = Image.new("L", size, 0)
+    if drawn is not None:
+        drawn = read_mask(drawn)
+        if drawn.size != size:
+            drawn = drawn.resize(size, Image.Resampling.BILINEAR)
+        mask = binarize(drawn)
+    if found is not None:
+        mask = ImageChops.lighter(mask, found)
+    return ImageChops.invert(mask) if invert else mask
+
+
+def extend_canvas(image: Image.Image, mask: Image.Image, sides: Sides) -> tuple[Image.Image, Image.Image]:
+    """The picture with `sides` pixels added around it, filled by mirroring the picture (repeatedly where a side
+    is wider than the picture), so that a strength below 1 starts from its colours rather than from black; and
+    the mask grown alike, the new area all painted."""
+    left, top, right, bottom = sides
+    padded = np.pad(np.asarray(image), ((top, bottom), (left, right), (0, 0)), mode="symmetric")
+    grown = np.full(padded.shape[:2], 255, dtype=np.uint8)
+    grown[top:top + image.height, left:left + image.width] = np.asarray(mask)
+    return Image.fromarray(padded, "RGB"), Image.fromarray(grown, "L")
+
+
+def extended_size(size: Size, sides: Sides) -> Size:
+    return size[0] + sides[0] + sides[2], size[1] + sides[1] + sides[3]
+
+
 @dataclass
 class Prepared:
     """What the model gets, and how its output goes back into the picture."""
@@ -122,6 +158,13 @@ class Prepared:
     placed: Box  # where that part sits in the model canvas
     weight: Image.Image  # L of the box's size: share of generated pixels
     output_size: Size
+    mask: Image.Image  # binary L over `base`: what is repainted (after mask_grow)
+
+    def mask_preview(self) -> Image.Image:
+        """What is repainted, white on black, at the size the painted answer would have."""
+        if self.mask.size == self.output_size:
+            return self.mask
+        return binarize(self.mask.resize(self.output_size, Image.Resampling.BILINEAR))
 
     def stitch(self, generated: Image.Image) -> Image.Image:
         out = self.base.copy()
@@ -152,7 +195,7 @@ def prepare(image: Image.Image, mask: Image.Image, target: Size, *, original_siz
         base, mask = prepare_inputs(image, mask, *target)
         mask = grow_mask(mask, grow_px)
         full = (0, 0, *target)
-        return Prepared(base, mask, base, full, full, stitch_weight(mask, feather_px), target)
+        return Prepared(base, mask, base, full, full, stitch_weight(mask, feather_px), target, mask)
 
     if mask.size != image.size:
         mask = mask.resize(image.size, Image.Resampling.BILINEAR)
@@ -177,4 +220,5 @@ def prepare(image: Image.Image, mask: Image.Image, target: Size, *, original_siz
         placed=placed,
         weight=stitch_weight(mask_region, feather_px),
         output_size=image.size if original_size else target,
+        mask=mask,
     )

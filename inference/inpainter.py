@@ -11,12 +11,14 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from inference.compose import prepare
+from inference.compose import Prepared, prepare
 from inference.cuda_graphs import use_cuda_graphs
+from inference.masks import PaintArea
 from inference.pipeline import load_pipeline, optimize_for_gpu
 from inference.schedulers import SchedulerCache
 from schemas import InpaintParams, batch_key
 from schemas.request import MAX_SEED
+from weights import MASK_MODEL_FOLDER
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class InpaintOutput:
     steps_run: int
     blocked: list[bool] = field(default_factory=list)
     own_time: float = 0.0  # this request's own work around the call: preparing its inputs, stitching its images
+    mask_time: float | None = None  # the mask model's seconds (mask_prompt), part of own_time
 
     @property
     def any_blocked(self) -> bool:
@@ -43,6 +46,17 @@ def sample_seeds(seed: int, samples: int) -> list[int]:
     """One seed per sample: seed, seed+1, ... (wrapping below 2^63). -1 draws a random base."""
     base = secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed
     return [(base + i) % (MAX_SEED + 1) for i in range(samples)]
+
+
+def prepare_request(params: InpaintParams, image: Image.Image, mask: Image.Image | None, area: PaintArea,
+                    default_feather_px: int) -> tuple[Prepared, float | None]:
+    """One request's plan (inference/compose.py) and the mask model's seconds (None when it did not run)."""
+    image, mask, mask_seconds = area.resolve(params, image, mask)
+    feather_px = default_feather_px if params.mask_blur is None else params.mask_blur
+    prepared = prepare(image, mask, (params.img_width, params.img_height), original_size=params.original_size,
+                       only_masked=params.only_masked, padding=params.mask_padding, grow_px=params.mask_grow,
+                       feather_px=feather_px)
+    return prepared, mask_seconds
 
 
 class Inpainter:
@@ -57,6 +71,7 @@ class Inpainter:
         compile_unet: bool = False,
         cuda_graphs: bool = False,
         feather_px: int = 4,
+        mask_model_dir: str | Path | None = None,
     ):
         self.model_dir = Path(model_dir)
         self.compile_unet = compile_unet
@@ -65,20 +80,25 @@ class Inpainter:
                                   compile_unet=compile_unet)
         self.device = str(self.pipe.device)
         self._use_graphs()
+        self.masks = PaintArea(Path(mask_model_dir) if mask_model_dir else self.model_dir / MASK_MODEL_FOLDER,
+                               self.device, self.pipe.dtype)
         self.feather_px = feather_px
         self.schedulers = SchedulerCache(self.pipe.scheduler.config)
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings, model_dir: str | Path | None = None, **overrides) -> "Inpainter":
-        """The model with what both servers take from their settings (SAFETY_CHECKER, TORCH_COMPILE, FEATHER_PX)."""
+        """The model with what both servers take from their settings (SAFETY_CHECKER, TORCH_COMPILE, FEATHER_PX,
+        MASK_MODEL_DIR)."""
         options = dict(safety_checker=settings.safety_checker, compile_unet=settings.torch_compile,
-                       cuda_graphs=settings.cuda_graphs, feather_px=settings.feather_px)
+                       cuda_graphs=settings.cuda_graphs, feather_px=settings.feather_px,
+                       mask_model_dir=settings.mask_model_dir)
         return cls(model_dir or settings.model_dir, **(options | overrides))
 
     def to(self, device: str) -> "Inpainter":
         """Move the loaded pipeline (e.g. CPU -> CUDA after a Modal memory snapshot restore)."""
         self.pipe.to(device)
+        self.masks.to(device)
         if self.compile_unet and device.startswith("cuda"):
             optimize_for_gpu(self.pipe)
         self.device = str(self.pipe.device)
@@ -109,14 +129,24 @@ class Inpainter:
         self,
         request: InpaintParams,
         image: Image.Image,
-        mask: Image.Image,
+        mask: Image.Image | None,
         on_step: StepCallback | None = None,
     ) -> InpaintOutput:
+        if request.mask_only:
+            return self.preview_mask(request, image, mask)
         return self.run_batch([(request, image, mask)], on_step)[0]
+
+    def preview_mask(self, params: InpaintParams, image: Image.Image, mask: Image.Image | None) -> InpaintOutput:
+        """mask_only: the mask a painting request would repaint (white), at its answer's size; no painting."""
+        started = time.perf_counter()
+        prepared, mask_seconds = prepare_request(params, image, mask, self.masks, self.feather_px)
+        return InpaintOutput(images=[prepared.mask_preview()], seeds=sample_seeds(params.seed, 1), inference_time=0.0,
+                             steps_run=0, blocked=[False], own_time=time.perf_counter() - started,
+                             mask_time=mask_seconds)
 
     def run_batch(
         self,
-        items: list[tuple[InpaintParams, Image.Image, Image.Image]],
+        items: list[tuple[InpaintParams, Image.Image, Image.Image | None]],
         on_step: StepCallback | None = None,
     ) -> list[InpaintOutput]:
         """Run several requests in one pipeline call. They must share `batch_key` (size, steps, scheduler,
@@ -126,13 +156,14 @@ class Inpainter:
         if any(batch_key(params) != batch_key(first) for params, _, _ in items):
             raise ValueError("run_batch: the requests differ in size, steps, scheduler, strength or guidance")
         width, height = first.img_width, first.img_height
-        jobs, seeds, own = [], [], []
+        if any(params.mask_only for params, _, _ in items):
+            raise ValueError("run_batch: a mask_only request runs alone (run)")
+        jobs, seeds, own, mask_times = [], [], [], []
         for params, image, mask in items:
-            feather_px = self.feather_px if params.mask_blur is None else params.mask_blur
             started = time.perf_counter()
-            jobs.append(prepare(image, mask, (width, height), original_size=params.original_size,
-                                only_masked=params.only_masked, padding=params.mask_padding,
-                                grow_px=params.mask_grow, feather_px=feather_px))
+            prepared, mask_seconds = prepare_request(params, image, mask, self.masks, self.feather_px)
+            jobs.append(prepared)
+            mask_times.append(mask_seconds)
             own.append(time.perf_counter() - started)
             seeds.append(sample_seeds(params.seed, params.samples))
         steps_run = 0
@@ -165,13 +196,14 @@ class Inpainter:
 
         flags = [bool(flag) for flag in (result.nsfw_content_detected or [False] * len(result.images))]
         outputs, at = [], 0
-        for (params, _, _), job, job_seeds, prepared in zip(items, jobs, seeds, own):
+        for (params, _, _), job, job_seeds, prepared, mask_seconds in zip(items, jobs, seeds, own, mask_times):
             generated, blocked = result.images[at:at + params.samples], flags[at:at + params.samples]
             at += params.samples
             started = time.perf_counter()
             images = [job.stitch(g) for g in generated]
             outputs.append(InpaintOutput(images=images, seeds=job_seeds, inference_time=elapsed, steps_run=steps_run,
-                                         blocked=blocked, own_time=prepared + time.perf_counter() - started))
+                                         blocked=blocked, own_time=prepared + time.perf_counter() - started,
+                                         mask_time=mask_seconds))
             log.info("inpainted %dx%d (box %s of %dx%d, output %dx%d) samples=%d scheduler=%s steps=%d "
                      "batch=%d in %.3fs%s", width, height, job.box, *job.base.size, *job.output_size,
                      params.samples, params.scheduler, steps_run, len(items), elapsed,

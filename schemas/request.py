@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MODEL_SLUG = "sd1.5-inpainting"
 
@@ -31,6 +31,10 @@ MAX_MASK_PADDING = 1024
 MAX_MASK_GROW = 128
 MAX_MASK_BLUR = 64
 MAX_URL_CHARS = 2048  # what browsers and most servers take; a longer webhook_url is refused at submit
+MAX_MASK_PROMPT_CHARS = 300  # CLIPSeg reads 77 CLIP tokens, as the painting prompt does
+MAX_EXTEND = 1024
+DEFAULT_MASK_THRESHOLD = 0.4
+EXTEND_SIDES = ("extend_left", "extend_top", "extend_right", "extend_bottom")
 
 
 class InpaintParams(BaseModel):
@@ -79,6 +83,40 @@ class InpaintParams(BaseModel):
         description=f"Extension: feather of the stitch in pixels, 0..{MAX_MASK_BLUR} (0 = hard edge); "
                     f"null = the server's FEATHER_PX. Pixels more than 3 x mask_blur beyond the grown mask "
                     f"keep the input's exact values.")
+    mask_prompt: str | None = Field(
+        None, min_length=1, max_length=MAX_MASK_PROMPT_CHARS, pattern=r"\S",
+        description=f"Extension: words naming what to repaint (\"the sofa\", \"the sky\"), at most "
+                    f"{MAX_MASK_PROMPT_CHARS} characters. The mask is found on the image by the CLIPSeg model; with "
+                    f"a drawn `mask` too, the two are joined (union). A prompt that finds nothing fails the job.")
+    mask_threshold: float = Field(
+        DEFAULT_MASK_THRESHOLD, ge=0, le=1,
+        description="Extension, with mask_prompt: the CLIPSeg score (0..1) above which a pixel is in the mask. "
+                    "Lower finds more.")
+    invert_mask: bool = Field(
+        False, description="Extension: white = keep instead of white = repaint, for the drawn mask and the "
+                           "mask_prompt's mask alike (applied to their union; extend_* areas are always repainted).")
+    extend_left: int = Field(0, ge=0, le=MAX_EXTEND, description=f"Extension, outpainting: pixels added on the left, "
+                                                                 f"0..{MAX_EXTEND}, and painted.")
+    extend_top: int = Field(0, ge=0, le=MAX_EXTEND, description=f"Extension, outpainting: pixels added at the top, "
+                                                                f"0..{MAX_EXTEND}, and painted.")
+    extend_right: int = Field(0, ge=0, le=MAX_EXTEND, description=f"Extension, outpainting: pixels added on the "
+                                                                  f"right, 0..{MAX_EXTEND}, and painted.")
+    extend_bottom: int = Field(0, ge=0, le=MAX_EXTEND, description=f"Extension, outpainting: pixels added at the "
+                                                                   f"bottom, 0..{MAX_EXTEND}, and painted.")
+    mask_only: bool = Field(
+        False, description="Extension: answer the mask that would be repainted (white = repaint, at the output "
+                           "size) instead of painting: a preview of mask_prompt, invert_mask, extend_* and "
+                           "mask_grow. One image, one credit.")
+
+    @property
+    def extends(self) -> bool:
+        return any(getattr(self, side) for side in EXTEND_SIDES)
+
+    @model_validator(mode="after")
+    def _check_mask_options(self) -> "InpaintParams":
+        if self.mask_only and self.samples != 1:
+            raise ValueError("parameter 'samples': mask_only answers one mask; leave samples at 1")
+        return self
 
 
 def batch_key(params: InpaintParams) -> tuple:
@@ -93,15 +131,26 @@ class InpaintRequest(InpaintParams):
 
     image: str = Field(min_length=1, pattern=r"\S",
                        description="http(s) URL, data: URI, or bare base64 of a PNG/JPEG/WebP image.")
-    mask: str = Field(min_length=1, pattern=r"\S", description="Same forms as image; white = repaint, black = keep.")
+    mask: str | None = Field(None, min_length=1, pattern=r"\S",
+                             description="Same forms as image; white = repaint, black = keep. Required unless "
+                                         "mask_prompt or an extend_* is given.")
 
     def params(self) -> InpaintParams:
         return InpaintParams.model_validate(self.model_dump(exclude={"image", "mask"}), strict=False)
 
     @field_validator("image", "mask")
     @classmethod
-    def _strip(cls, value: str) -> str:
-        return value.strip()
+    def _strip(cls, value: str | None) -> str | None:
+        return None if value is None else value.strip()
+
+    @model_validator(mode="after")
+    def _check_mask_given(self) -> "InpaintRequest":
+        if self.mask is None and self.mask_prompt is None:
+            if self.invert_mask:
+                raise ValueError("parameter 'invert_mask': there is no mask to invert; send mask or mask_prompt")
+            if not self.extends:
+                raise ValueError("parameter 'mask' is required unless mask_prompt or an extend_* is given")
+        return self
 
 
 def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
@@ -110,6 +159,8 @@ def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
     first_field: str | None = None
     for item in error.errors(include_url=False):
         field = ".".join(str(p) for p in item["loc"]) or "body"
+        if item["type"] == "value_error" and not item["loc"]:  # a rule across parameters names the one at fault
+            field = item["msg"].partition("'")[2].partition("'")[0] or field
         first_field = first_field or field
         if item["type"] == "extra_forbidden":
             parts.append(f"unknown parameter '{field}'")
@@ -117,6 +168,8 @@ def describe_validation_error(error: ValidationError) -> tuple[str, str | None]:
             parts.append(f"parameter '{field}' is required")
         elif item["type"] in ("string_too_short", "string_pattern_mismatch"):
             parts.append(f"parameter '{field}': must not be empty or blank")
+        elif item["type"] == "value_error" and not item["loc"]:
+            parts.append(item["msg"].removeprefix("Value error, "))
         else:
             msg = item["msg"].removeprefix("Value error, ")
             parts.append(f"parameter '{field}': {msg}")

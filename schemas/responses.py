@@ -31,6 +31,9 @@ class ErrorBody(BaseModel):
 
 class Metrics(BaseModel):
     inference_time: float | None = Field(None, description="Seconds spent in the denoising pipeline.")
+    mask_time: float | None = Field(
+        None, description="Extension: seconds the mask model took to find the mask_prompt's mask (null without "
+                          "mask_prompt); part of gpu_seconds, not of inference_time.")
     queue_time: float | None = Field(None, description="Seconds between submit and start.")
     total_time: float | None = Field(None, description="Seconds between submit and finish.")
     overhead_time: float | None = Field(

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     state_dir: Path = Path(".state")
     model_dir: Path = Field(default_factory=default_model_dir)
+    mask_model_dir: Path | None = None  # the CLIPSeg weights for mask_prompt; unset: the clipseg folder of MODEL_DIR
     demo: bool = Field(False, description="serving the tiny random-weight demo model")
 
     allow_private_urls: bool = False
@@ -198,7 +199,7 @@ MODAL_GPU_TYPES = ("T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100
 # Runtime settings a Modal deploy does not take from the deploying shell: keys, credits, the metrics token and the
 # webhook secret come from Secrets (S3_* too), and a few do not apply or follow from the deploy knobs (GPU_TYPE is INPAINT_GPU).
 DERIVED_SETTINGS = {"api_keys", "webhook_secret", "key_credits", "metrics_token", "host", "port", "state_dir",
-                    "model_dir", "gpu_type", "demo"}
+                    "model_dir", "mask_model_dir", "gpu_type", "demo"}
 
 
 class DeployConfig(BaseSettings):

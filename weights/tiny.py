@@ -8,6 +8,10 @@ diffusers pipeline runs a 512x512 request in about a second on a laptop CPU.
 Nothing is downloaded: the tokenizer is written from a byte-level vocabulary
 built here. Deterministic: the same seed gives the same files.
 
+Beside it, in the `clipseg` folder, a tiny random-weight CLIPSeg in the layout of
+CIDAS/clipseg-rd64-refined (the mask model behind mask_prompt): what it finds is
+arbitrary, but it runs the real transformers code on the real input sizes.
+
     python -m weights.tiny OUT_DIR [--safety-checker none|pass|flag]
 """
 
@@ -16,6 +20,8 @@ import json
 import shutil
 import sys
 from pathlib import Path
+
+from weights import MASK_MODEL_FOLDER
 
 # The SD1.5 scheduler config (scheduler/scheduler_config.json of the real model).
 SD15_SCHEDULER_CONFIG = {
@@ -33,6 +39,20 @@ SD15_SCHEDULER_CONFIG = {
 TEXT_DIM = 32
 MAX_TOKENS = 77
 
+# preprocessor_config.json of CIDAS/clipseg-rd64-refined: the picture is resized to 352x352, ImageNet-normalised.
+CLIPSEG_PREPROCESSOR = {
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_processor_type": "ViTImageProcessor",
+    "image_std": [0.229, 0.224, 0.225],
+    "processor_class": "CLIPSegProcessor",
+    "resample": 2,
+    "rescale_factor": 1 / 255,
+    "size": {"height": 352, "width": 352},
+}
+
 
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP's (GPT-2's) reversible byte -> printable character table."""
@@ -47,7 +67,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def write_tokenizer(folder: Path) -> int:
+def write_tokenizer(folder: Path, processor_class: str | None = None) -> int:
     """A CLIP tokenizer whose vocabulary is every byte, alone and word-final. Returns vocab size."""
     chars = list(_bytes_to_unicode().values())
     vocab_list = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
@@ -65,21 +85,47 @@ def write_tokenizer(folder: Path) -> int:
             }
         )
     )
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "CLIPTokenizer",
-                "model_max_length": MAX_TOKENS,
-                "bos_token": "<|startoftext|>",
-                "eos_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
-                "unk_token": "<|endoftext|>",
-                "do_lower_case": True,
-                "errors": "replace",
-            }
-        )
-    )
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": MAX_TOKENS,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "do_lower_case": True,
+        "errors": "replace",
+    }
+    if processor_class:
+        config["processor_class"] = processor_class
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return len(vocab)
+
+
+def build_mask_model(out_dir: Path, seed: int = 0, full_size: bool = False) -> Path:
+    """A random-weight CLIPSeg in the layout of CIDAS/clipseg-rd64-refined: config.json, model.safetensors,
+    preprocessor_config.json and the CLIP tokenizer files. Tiny by default; `full_size`: the real model's shapes
+    (about 600 MB, for timing)."""
+    import torch
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+
+    out_dir = Path(out_dir)
+    vocab_size = write_tokenizer(out_dir, processor_class="CLIPSegProcessor")
+    special = dict(bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    if full_size:  # CIDAS/clipseg-rd64-refined's config: CLIP ViT-B/16 with a 64-wide decoder on layers 3, 6, 9
+        config = CLIPSegConfig(text_config=dict(vocab_size=49408, **special), vision_config=dict(patch_size=16),
+                               reduce_dim=64, extract_layers=[3, 6, 9], use_complex_transposed_convolution=True)
+    else:
+        config = CLIPSegConfig(
+            text_config=dict(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, max_position_embeddings=MAX_TOKENS, **special),
+            vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+                               image_size=224, patch_size=16),
+            projection_dim=16, extract_layers=[1, 2], reduce_dim=8, decoder_num_attention_heads=2,
+            decoder_intermediate_size=16, use_complex_transposed_convolution=True)
+    torch.manual_seed(seed)
+    CLIPSegForImageSegmentation(config).save_pretrained(str(out_dir), safe_serialization=True)
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(CLIPSEG_PREPROCESSOR, indent=2) + "\n")
+    return out_dir
 
 
 def build(out_dir: Path, safety_checker: str = "none", seed: int = 0) -> Path:
@@ -184,6 +230,7 @@ def build(out_dir: Path, safety_checker: str = "none", seed: int = 0) -> Path:
     if index.get("feature_extractor", [None])[0]:
         index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
     index_path.write_text(json.dumps(index, indent=2) + "\n")
+    build_mask_model(out_dir / MASK_MODEL_FOLDER, seed)
     return out_dir
 
 

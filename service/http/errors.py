@@ -36,6 +36,7 @@ FAILURE_STATUS: dict[Failure, int] = {
     Failure.UNAVAILABLE: 503,
     Failure.WORKER_LOST: 502,
     Failure.EXPIRED: 504,
+    Failure.MASK_NOT_FOUND: 422,
     Failure.INTERNAL: 500,
 }
 

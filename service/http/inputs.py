@@ -19,6 +19,7 @@ from urllib.parse import urljoin
 import httpx
 from PIL import ExifTags, Image
 
+from schemas import InpaintParams
 from service.jobs.errors import BadInput, size_text
 from service.jobs.safe_urls import check_url_shape, pinned_url, resolve_checked_sync
 
@@ -144,6 +145,19 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
     """The size as displayed: the worker applies the EXIF orientation, which swaps the sides for 5 to 8."""
     width, height = image.size
     return (height, width) if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8) else (width, height)
+
+
+def check_extended_size(request: InpaintParams, image: Image.Image, limits: FetchLimits) -> None:
+    """An outpainted canvas (extend_*) must fit the same pixel limits as an input image: the worker holds it whole."""
+    if not request.extends:
+        return
+    width, height = upright_size(image)
+    width += request.extend_left + request.extend_right
+    height += request.extend_top + request.extend_bottom
+    if width * height > limits.max_pixels or max(width, height) > limits.max_side:
+        field = "extend_left" if request.extend_left or request.extend_right else "extend_top"
+        raise BadInput(field, f"the extended canvas would be {width}x{height}, over the limit of {limits.max_pixels} "
+                              f"pixels and {limits.max_side} per side; extend less or send a smaller image")
 
 
 def mask_warnings(image: Image.Image, mask: Image.Image) -> list[str]:

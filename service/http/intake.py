@@ -11,8 +11,8 @@ from schemas import MODEL_SLUG, InpaintRequest, describe_validation_error
 from service.http.errors import ApiError
 from service.http.submit_headers import cancel_after, idempotency_key
 from service.jobs.errors import NoWorker, size_text
-from service.http.inputs import (FetchLimits, check_webhook_url, fetch_url, looks_like_url, mask_warnings,
-                                 read_input)
+from service.http.inputs import (FetchLimits, check_extended_size, check_webhook_url, fetch_url, looks_like_url,
+                                 mask_warnings, read_input)
 from service.jobs.service import JobService
 from service.jobs.waiting import run_blocking
 from service.jobs.records import JobRecord
@@ -72,7 +72,7 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
 
     limits = request.app.state.fetch_limits
     urls = {field: value for field, value in (("image", inpaint.image), ("mask", inpaint.mask))
-            if looks_like_url(value)}
+            if value is not None and looks_like_url(value)}
     fetched: dict[str, bytes] = {}
     if urls:  # refuse a limited caller before fetching anything for them
         await run_blocking(early_checks)
@@ -85,11 +85,15 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
         if not urls:
             early_checks()
         image_bytes, image = read_input(inpaint.image, "image", limits, fetched.get("image"))
-        mask_bytes, mask = read_input(inpaint.mask, "mask", limits, fetched.get("mask"))
+        mask_bytes, mask = b"", None  # no mask: stored as no bytes
+        if inpaint.mask is not None:
+            mask_bytes, mask = read_input(inpaint.mask, "mask", limits, fetched.get("mask"))
+        check_extended_size(inpaint, image, limits)
         return jobs.admission.admit(owner, inpaint.params(), image_bytes, mask_bytes, base_url, decoded=(image, mask),
                           received=received, idempotency_key=key, cancel_after=deadline_after,
-                          warnings=mask_warnings(image, mask), api="v1" if sync else "v2",
-                          image_from=redact_url(inpaint.image), mask_from=redact_url(inpaint.mask))
+                          warnings=[] if mask is None else mask_warnings(image, mask), api="v1" if sync else "v2",
+                          image_from=redact_url(inpaint.image),
+                          mask_from=None if inpaint.mask is None else redact_url(inpaint.mask))
 
     record, left = await run_blocking(take_in)
     request.state.request_id = record.id

@@ -15,6 +15,7 @@ class Failure(str, Enum):
     UNAVAILABLE = "unavailable"  # no worker could take it (model failed to load, GPU container failed to start)
     WORKER_LOST = "worker_lost"  # the worker went silent twice
     EXPIRED = "expired"  # still queued when its time to live ran out
+    MASK_NOT_FOUND = "mask_not_found"  # the mask came out empty on the image (a mask_prompt that found nothing)
     INTERNAL = "internal"  # anything else
 
 

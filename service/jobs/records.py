@@ -36,6 +36,7 @@ class JobRecord(BaseModel):
     images: list[StoredImage] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=list)
     inference_time: float | None = None  # the pipeline call (a batch's call, when the job ran in one)
+    mask_time: float | None = None  # the mask model's seconds (mask_prompt), before the pipeline call
     gpu_seconds: float | None = None  # this job's share of the worker's busy time (model call + storing)
     cost_usd: float | None = None  # gpu_seconds at the configured price of GPU_TYPE (None when unset)
     batch_size: int | None = None  # jobs in the pipeline call this job ran in
@@ -87,6 +88,7 @@ class JobRecord(BaseModel):
         total_time = (self.finished_at - self.created_at) if self.finished_at else None
         return {
             "inference_time": _round(self.inference_time),
+            "mask_time": _round(self.mask_time),
             "queue_time": _round(queue_time),
             "total_time": _round(total_time),
             "overhead_time": _round(self.overhead_time),
@@ -103,7 +105,7 @@ class JobRecord(BaseModel):
         fetching URL inputs are not counted."""
         if self.inference_time is None or self.started_at is None or self.finished_at is None:
             return None
-        running = self.finished_at - self.started_at - self.inference_time
+        running = self.finished_at - self.started_at - self.inference_time - (self.mask_time or 0.0)
         return max(0.0, running) + (self.intake_time or 0.0)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from schemas import InpaintParams, batch_key
+from schemas.job_errors import MaskModelMissing, MaskNotFound
 from service.jobs.errors import StorageError, StoreUnavailable
 from service.jobs.failures import Failure
 from service.jobs.records import JobOutcome, JobRecord, StoredImage
@@ -129,23 +130,26 @@ def _start(job_id: str, jobs: JobService, outcomes: dict[str, JobOutcome | None]
 
 
 def input_images(jobs: JobService, record: JobRecord) -> tuple[Any, Any] | None:
-    """The job's image and mask as PIL images, or None when its inputs are gone: the images decoded at submit
-    where they were handed over in this process, else the stored bytes (lazily decoded)."""
+    """The job's image and mask as PIL images (the mask None when the request has none: stored as no bytes), or
+    None when its inputs are gone: the images decoded at submit where they were handed over in this process, else
+    the stored bytes (lazily decoded)."""
     if (handed := jobs.lifecycle.decoded.take(record.id)) is not None:
         return handed
     inputs = jobs.inputs.get(record.inputs_at)
     if inputs is None:
         return None
-    return Image.open(io.BytesIO(inputs[0])), Image.open(io.BytesIO(inputs[1]))
+    image, mask = inputs
+    return Image.open(io.BytesIO(image)), Image.open(io.BytesIO(mask)) if mask else None
 
 
 def _groups(waiting: list[tuple[str, InpaintParams | None]], max_images: int) -> list[list[tuple]]:
     """Single-image jobs with the same batch_key together (in arrival order, at most max_images per group);
-    multi-sample jobs alone: they are a batch already, and alone their seeds give the same bytes every time."""
+    multi-sample jobs alone: they are a batch already, and alone their seeds give the same bytes every time.
+    mask_only jobs alone: they make no pipeline call."""
     groups: list[list[tuple]] = []
     open_groups: dict[tuple, list[tuple]] = {}
     for job_id, params in waiting:
-        if max_images <= 1 or params is None or params.samples > 1:
+        if max_images <= 1 or params is None or params.samples > 1 or params.mask_only:
             groups.append([(job_id, params)])
             continue
         key = batch_key(params)
@@ -245,6 +249,11 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
                     jobs.records.update(waiting.id, heartbeat_at=time.time())
                 _run_group([job], jobs, inpainter, timeout, cold_start)
             return
+        if isinstance(exc, (MaskNotFound, MaskModelMissing)):  # this request cannot be done here: say why
+            failure = Failure.MASK_NOT_FOUND if isinstance(exc, MaskNotFound) else Failure.UNAVAILABLE
+            for job in live():
+                end(job, failure, str(exc), share(job, time.monotonic() - run_started))
+            return
         log.exception("job %s crashed", ", ".join(job.id for job in live()))
         for job in live():
             end(job, Failure.INTERNAL, f"internal error while running the job ({type(exc).__name__})")
@@ -279,7 +288,8 @@ def _store_results(job: _Job, jobs: JobService, output, used: float, batch_size:
                           or jobs.records.get(job.id) or job.record)
     done = jobs.lifecycle.complete(job.id, files=files, inference_time=output.inference_time, images=stored,
                                    seeds=output.seeds, progress_step=output.steps_run,
-                                   progress_total=output.steps_run, **usage)
+                                   progress_total=output.steps_run, mask_time=getattr(output, "mask_time", None),
+                                   **usage)
     if done is None:  # it ended meanwhile (cancelled, reaped): the stored files are orphans
         jobs.storage.delete([s.key for s in stored])
         current = jobs.records.get(job.id)
