@@ -350,15 +350,24 @@ def deliver_webhook(job_id: str):
 @app.function(image=download_image, volumes={WEIGHTS_ROOT: weights}, timeout=3600)
 def download_weights(force: bool = False, safety_checker: bool = True):
     """Fill the weight Volume. Each download goes to a new directory and CURRENT is pointed at it: files a
-    deployed snapshot was made from are never deleted or overwritten (that breaks restores). Redeploy after
-    a forced download so new containers load the new weights."""
+    deployed snapshot was made from are never deleted or overwritten (that breaks restores). Weights fetched
+    before the mask model existed get it added in a new folder beside them. Redeploy after either, so new
+    containers load what was fetched."""
     from service.logs import configure_logging
-    from weights.download import download
+    from weights import MASK_MODEL_FOLDER
+    from weights.download import download, download_mask_model
 
     configure_logging()
     pointer = Path(CURRENT_WEIGHTS)
     if pointer.is_file() and (current_weights_dir() / "model_index.json").is_file() and not force:
-        print(f"weights already in the volume at {current_weights_dir()}; pass --force to fetch a new copy")
+        mask_dir = current_weights_dir() / MASK_MODEL_FOLDER
+        if (mask_dir / "config.json").is_file():
+            print(f"weights already in the volume at {current_weights_dir()}; pass --force to fetch a new copy")
+            return
+        download_mask_model(mask_dir)
+        weights.commit()
+        print(f"mask model added to the weights at {current_weights_dir()}: run `modal deploy app.py` again so "
+              f"new containers load it (mask_prompt fails until then)")
         return
     name = f"sd15-inpainting-{time.strftime('%Y%m%d-%H%M%S')}"
     download(Path(WEIGHTS_ROOT) / name, safety_checker=safety_checker)

@@ -1,17 +1,28 @@
-"""Fetch the real SD1.5-inpainting weights into a local directory (Hugging Face layout).
+"""Fetch the real SD1.5-inpainting weights into a local directory (Hugging Face layout), and the mask model.
 
 Only what StableDiffusionInpaintPipeline needs, and only the fp16 safetensors
 variant (the repository ships safetensors weights only as fp16; the rest are
-.bin/.ckpt files we never want). About 2.1 GB with the safety checker.
+.bin/.ckpt files we never want). About 2.1 GB with the safety checker. Then
+CIDAS/clipseg-rd64-refined (about 600 MB), the mask model behind mask_prompt,
+into the weights directory's `clipseg` folder. Files already there are kept,
+so running it again over older weights adds only the mask model.
 
-    python -m weights.download MODEL_DIR [--no-safety-checker]
+    python -m weights.download MODEL_DIR [--no-safety-checker] [--no-mask-model]
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+from weights import MASK_MODEL_FOLDER
+
 REPO_ID = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+MASK_REPO_ID = "CIDAS/clipseg-rd64-refined"
+MASK_CONFIG_FILES = {"config.json", "preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                     "special_tokens_map.json"}
+# safetensors when the repository's main branch has them; else the original pickle, which transformers reads with
+# torch.load(weights_only=True), refusing anything but tensors.
+MASK_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_SUFFIX = ".fp16.safetensors"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "safety_checker", "feature_extractor")
 CONFIG_FILES = {
@@ -46,6 +57,23 @@ def select_files(repo_files: list[str], safety_checker: bool = True) -> list[str
     return sorted(selected)
 
 
+def select_mask_files(repo_files: list[str]) -> list[str]:
+    """The CLIPSeg files the mask model needs: its configs, tokenizer files, and one weights file."""
+    present = set(repo_files)
+    weights = next((name for name in MASK_WEIGHTS if name in present), None)
+    missing = sorted(name for name in MASK_CONFIG_FILES if name not in present)
+    if weights is None or missing:
+        raise RuntimeError(f"{MASK_REPO_ID} listing lacks {missing or list(MASK_WEIGHTS)}")
+    return sorted((present & MASK_CONFIG_FILES) | {weights})
+
+
+def download_mask_model(folder: Path, repo_id: str = MASK_REPO_ID) -> Path:
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    snapshot_download(repo_id, allow_patterns=select_mask_files(list_repo_files(repo_id)), local_dir=str(folder))
+    return folder
+
+
 def hub_problem(repo_id: str = REPO_ID, timeout: float = 5.0) -> str | None:
     """None when the Hugging Face hub answers for repo_id; else why not. One short try, no retries,
     so a machine without hub access learns it in seconds rather than after the download's retries."""
@@ -64,7 +92,7 @@ def hub_problem(repo_id: str = REPO_ID, timeout: float = 5.0) -> str | None:
     return None
 
 
-def download(model_dir: Path, safety_checker: bool = True, repo_id: str = REPO_ID) -> Path:
+def download(model_dir: Path, safety_checker: bool = True, repo_id: str = REPO_ID, mask_model: bool = True) -> Path:
     from huggingface_hub import list_repo_files, snapshot_download
 
     files = select_files(list_repo_files(repo_id), safety_checker=safety_checker)
@@ -78,6 +106,8 @@ def download(model_dir: Path, safety_checker: bool = True, repo_id: str = REPO_I
         index["safety_checker"] = [None, None]
         index["feature_extractor"] = [None, None]
         index_path.write_text(json.dumps(index, indent=2) + "\n")
+    if mask_model:
+        download_mask_model(model_dir / MASK_MODEL_FOLDER)
     return model_dir
 
 
@@ -85,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--no-safety-checker", action="store_true", help="skip the safety checker (~600 MB)")
+    parser.add_argument("--no-mask-model", action="store_true",
+                        help="skip the mask model (~600 MB); requests with mask_prompt then fail")
     args = parser.parse_args(argv)
     try:
-        path = download(args.model_dir, safety_checker=not args.no_safety_checker)
+        path = download(args.model_dir, safety_checker=not args.no_safety_checker, mask_model=not args.no_mask_model)
     except Exception as exc:
         print(f"error: could not fetch {REPO_ID} into {args.model_dir}: {exc}", file=sys.stderr)
         return 1
