@@ -28,16 +28,23 @@ def prepare_model(settings: Settings, demo: bool) -> None:
     if demo:
         settings.demo = True
         settings.model_dir = DEMO_MODEL_DIR
+        from weights import MASK_MODEL_FOLDER
+
         if not (DEMO_MODEL_DIR / "model_index.json").is_file():
             from weights.tiny import build
 
             build(DEMO_MODEL_DIR)
+        elif not (DEMO_MODEL_DIR / MASK_MODEL_FOLDER / "config.json").is_file():  # built before mask_prompt
+            from weights.tiny import build_mask_model
+
+            build_mask_model(DEMO_MODEL_DIR / MASK_MODEL_FOLDER)
         log.warning("=" * 72)
         log.warning("DEMO MODE: serving a tiny RANDOM-WEIGHT model from %s.", DEMO_MODEL_DIR)
         log.warning("It exercises the real pipeline but paints noise. Use `make serve` for real images.")
         log.warning("=" * 72)
         return
     if (settings.model_dir / "model_index.json").is_file():
+        add_mask_model(settings)
         return
     from weights.download import REPO_ID, download, hub_problem
 
@@ -45,7 +52,7 @@ def prepare_model(settings: Settings, demo: bool) -> None:
         problem = hub_problem()
         if problem:
             raise RuntimeError(problem)
-        log.info("no weights in %s; downloading them once (about 2.1 GB)", settings.model_dir)
+        log.info("no weights in %s; downloading them once (about 2.7 GB with the mask model)", settings.model_dir)
         download(settings.model_dir, safety_checker=settings.safety_checker)
     except Exception as exc:
         sys.exit(
@@ -55,6 +62,26 @@ def prepare_model(settings: Settings, demo: bool) -> None:
             f"`python -m weights.download {settings.model_dir}` and copy it here, "
             f"set MODEL_DIR to a directory that holds it, or run `make demo` for the tiny demo model."
         )
+
+
+def add_mask_model(settings: Settings) -> None:
+    """Weights fetched before mask_prompt existed lack the mask model: fetch it once beside them. Without the hub
+    the service still starts; only requests with mask_prompt fail, saying why."""
+    from weights import MASK_MODEL_FOLDER
+
+    folder = settings.model_dir / MASK_MODEL_FOLDER
+    if settings.mask_model_dir is not None or (folder / "config.json").is_file():
+        return
+    from weights.download import MASK_REPO_ID, download_mask_model, hub_problem
+
+    try:
+        if problem := hub_problem(MASK_REPO_ID):
+            raise RuntimeError(problem)
+        log.info("fetching the mask model for mask_prompt into %s (about 600 MB, once)", folder)
+        download_mask_model(folder)
+    except Exception as exc:
+        log.warning("the mask model could not be fetched into %s (%s): requests with mask_prompt will fail; "
+                    "fetch it with `python -m weights.download %s`", folder, exc, settings.model_dir)
 
 
 def load_settings() -> Settings:

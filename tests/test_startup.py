@@ -97,7 +97,7 @@ def test_startup_says_how_many_keys(tmp_path, tiny_model_dir):
     try:
         for line in proc.stdout:
             lines.append(line)
-            if "pipeline loaded" in line:
+            if "mask model loaded" in line:  # the last step of loading the model
                 break
         assert httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok"
     finally:
