@@ -6,8 +6,8 @@
 2. Secrets: the API-key and webhook Secrets are created with generated values when missing. A generated API key
    is printed once and kept in .modal-api-key (mode 600; both files are git-ignored). Existing Secrets are
    never changed.
-3. Weights: when the weight Volume has none, `modal run app.py::download_weights` fills it first (about 2.1 GB
-   from the Hugging Face hub, no token needed).
+3. Weights: when the weight Volume has none, or lacks the mask model, `modal run app.py::download_weights` fills
+   it first (about 2.7 GB from the Hugging Face hub, no token needed; 600 MB when only the mask model is missing).
 4. `modal deploy app.py`, with the knobs as its environment; then the knobs are saved.
 
     python -m scripts.modal_deploy [--dry-run]     # --dry-run: print and check the knobs, change nothing
@@ -19,6 +19,8 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
+
+from weights import MASK_MODEL_FOLDER
 
 KNOBS_FILE = Path(".modal-deploy.env")
 API_KEY_FILE = Path(".modal-api-key")
@@ -86,6 +88,21 @@ def generated_secrets(existing: set[str], cfg) -> dict[str, dict[str, str]]:
     return {name: contents for name, contents in wanted.items() if name not in existing}
 
 
+def names(entries) -> set[str]:
+    """The last part of each listed path (Modal lists entries of a folder by their path in the Volume)."""
+    return {entry.path.rstrip("/").rsplit("/", 1)[-1] for entry in entries}
+
+
+def missing_weights(volume) -> str | None:
+    """What download_weights would fetch into the weight Volume, or None when it holds everything."""
+    if "CURRENT" not in names(volume.listdir("/")):
+        return "weights (about 2.7 GB)"
+    current = b"".join(volume.read_file("CURRENT")).decode().strip()
+    if MASK_MODEL_FOLDER not in names(volume.listdir(f"/{current}")):
+        return "mask model for mask_prompt (about 600 MB)"
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true")
@@ -119,8 +136,8 @@ def main(argv=None) -> int:
             print(f"your API key (also in {API_KEY_FILE}): {contents['API_KEYS']}")
 
     weights = modal.Volume.from_name(cfg.weights_volume, create_if_missing=True)
-    if "CURRENT" not in {entry.path.strip("/") for entry in weights.listdir("/")}:
-        print(f"no weights in the Volume {cfg.weights_volume!r} yet: downloading them once (about 2.1 GB)")
+    if missing := missing_weights(weights):
+        print(f"the Volume {cfg.weights_volume!r} has no {missing} yet: downloading it once")
         subprocess.run([sys.executable, "-m", "modal", "run", "app.py::download_weights"], env=env, check=True)
 
     subprocess.run([sys.executable, "-m", "modal", "deploy", "app.py"], env=env, check=True)

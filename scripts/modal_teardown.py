@@ -27,7 +27,7 @@ def modal_objects(cfg, keep_weights: bool = False) -> dict[str, list[str]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--keep-weights", action="store_true", help="keep the weight Volume (a 2.1 GB download)")
+    parser.add_argument("--keep-weights", action="store_true", help="keep the weight Volume (a 2.7 GB download)")
     parser.add_argument("--yes", action="store_true", help="do not ask before deleting")
     args = parser.parse_args(argv)
 

@@ -79,3 +79,30 @@ def test_bad_knobs_stop_the_deploy_before_anything_changes(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "DAILY_IMAGE_CAP: Input should be a valid integer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_deploy_fetches_what_the_weight_volume_lacks():
+    """Weights fetched before the mask model existed get it added; a full Volume is left alone. The listing is
+    made of modal's own FileEntry objects, paths written from the Volume's root as Modal lists them."""
+    from modal.volume import FileEntry, FileEntryType
+
+    from scripts.modal_deploy import missing_weights
+
+    class Listing:
+        def __init__(self, files: dict[str, list[str]], current: str | None):
+            self.files, self.current = files, current
+
+        def listdir(self, path: str):
+            folder = path.strip("/")
+            return [FileEntry(path=f"{folder}/{name}".lstrip("/"), type=FileEntryType.DIRECTORY, mtime=0, size=0)
+                    for name in self.files[folder]]
+
+        def read_file(self, path: str):
+            assert path == "CURRENT"
+            yield self.current.encode() + b"\n"
+
+    assert missing_weights(Listing({"": []}, None)).startswith("weights")
+    old = {"": ["CURRENT", "sd15-a"], "sd15-a": ["unet", "vae", "model_index.json"]}
+    assert missing_weights(Listing(old, "sd15-a")).startswith("mask model")
+    full = {"": ["CURRENT", "sd15-a"], "sd15-a": ["unet", "vae", "model_index.json", "clipseg"]}
+    assert missing_weights(Listing(full, "sd15-a")) is None
