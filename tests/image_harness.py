@@ -407,6 +407,16 @@ def check_inpainter(app, request) -> dict:
         assert record["status"] == "COMPLETED", record
         assert jobs.records.get(job_id).status.value == "COMPLETED"
         details[scheduler] = {"status": record["status"], "seeds": record["seeds"], "files": len(result["files"])}
+    # A mask from words and an outpainted border: the mask model (CLIPSeg) runs on this image's transformers.
+    jobs.records.create(JobRecord(id="gpu-job-mask-prompt", owner="o", created_at=now, expires_at=now + 600,
+                                  params={"prompt": "a chair", "seed": 5, "mask_prompt": "the chair",
+                                          "mask_threshold": 0.1, "extend_right": 64, "original_size": True}))
+    jobs.inputs.put("gpu-job-mask-prompt", image, b"")  # no drawn mask: stored as no bytes
+    result = (inpainter.run.local(["gpu-job-mask-prompt"])[0] if app.cfg.batch_max_images > 1
+              else inpainter.run.local("gpu-job-mask-prompt"))
+    record = result["record"]
+    assert record["status"] == "COMPLETED" and record["mask_time"] > 0, record
+    details["mask_prompt"] = {"status": record["status"], "mask_time": record["mask_time"]}
     # Every scheduler of the contract can be built here (one needing a package the image lacks would not).
     cache = SchedulerCache(json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text()))
     details["schedulers"] = sorted(type(cache.get(name)).__name__ for name in SCHEDULER_TABLE)

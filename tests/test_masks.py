@@ -208,3 +208,18 @@ def test_a_job_without_a_mask_crosses_to_the_worker_process():
 
     image, mask = from_wire(to_wire((IMAGE, None)))
     assert mask is None and image.tobytes() == IMAGE.tobytes()
+
+
+def test_metrics_count_the_mask_models_seconds(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def mask_jobs() -> float:
+        text = httpx.get(f"{server.url}/metrics", headers={"x-api-key": KEY_A}, timeout=30).text
+        return next((sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                     if sample.name == "inpaint_mask_seconds_count"), 0.0)
+
+    before = mask_jobs()
+    with client(server) as http:
+        done = http.post(f"/v1/{SLUG}", json={"image": b64_png(IMAGE), "prompt": "p", "mask_prompt": "the sofa"})
+        assert done.status_code == 200, done.text
+    assert mask_jobs() == before + 1

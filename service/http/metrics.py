@@ -49,6 +49,8 @@ class SharedTotals:
                          "jobs that ran in one).", tallies.INFERENCE_BUCKETS, totals.get("inference"))
         yield _histogram("inpaint_batch_size", "Jobs by the number of jobs in the pipeline call they ran in.",
                          tallies.BATCH_BUCKETS, totals.get("batch"))
+        yield _histogram("inpaint_mask_seconds", "Seconds the mask model took to find each mask_prompt's mask.",
+                         tallies.MASK_BUCKETS, totals.get("mask"))
         yield CounterMetricFamily("inpaint_gpu_seconds", "GPU seconds used by jobs (metrics.gpu_seconds).",
                                   value=totals.get("gpu_seconds", 0.0))
         yield CounterMetricFamily("inpaint_cost_usd", "USD the priced jobs cost (metrics.cost_usd); stays 0 "

@@ -23,6 +23,7 @@ from service.jobs.records import JobRecord
 DOCUMENT = "tallies"
 INFERENCE_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)  # seconds; +Inf beyond
 BATCH_BUCKETS = (1, 2, 4, 8, 16)  # jobs per pipeline call; +Inf beyond
+MASK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)  # seconds of the mask model; +Inf beyond
 SPEND_DAYS = 2  # UTC days of spend kept: today and yesterday (a job that ends just after midnight)
 
 
@@ -59,6 +60,8 @@ def _with_job(doc: dict | None, record: JobRecord) -> dict:
         doc["inference"] = _observe(doc.get("inference"), INFERENCE_BUCKETS, record.inference_time)
     if record.batch_size is not None:
         doc["batch"] = _observe(doc.get("batch"), BATCH_BUCKETS, record.batch_size)
+    if record.mask_time is not None:
+        doc["mask"] = _observe(doc.get("mask"), MASK_BUCKETS, record.mask_time)
     if record.cold_start_time is not None:
         doc["cold_start_jobs"] = doc.get("cold_start_jobs", 0) + 1
     return doc
