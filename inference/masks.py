@@ -7,6 +7,7 @@ thresholded mask is scaled back up to the picture's size.
 """
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+from transformers.utils import logging as hf_logging
 
 from inference.compose import combine_masks, extend_canvas, read_image
 from schemas import InpaintParams
@@ -39,7 +41,14 @@ class MaskModel:
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
         started = time.perf_counter()
         self.processor = CLIPSegProcessor.from_pretrained(str(model_dir), local_files_only=True)
-        self.model = CLIPSegForImageSegmentation.from_pretrained(str(model_dir), local_files_only=True, dtype=dtype)
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its per-tensor loading bar would fill the server's log
+        try:
+            self.model = CLIPSegForImageSegmentation.from_pretrained(str(model_dir), local_files_only=True,
+                                                                     dtype=dtype)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         self.model.eval()
         self.dtype = dtype
         self.side = self.processor.image_processor.size["height"]
@@ -117,7 +126,8 @@ class PaintArea:
                                    f"fetch the weights again (python -m weights.download)")
         result = self.model.find(picture, params.mask_prompt, params.mask_threshold)
         if result.mask.getbbox() is None:
+            best = math.floor(result.best_score * 100) / 100  # rounded down: never shown at or above the threshold
             raise MaskNotFound(f"mask_prompt {params.mask_prompt!r} found nothing in the image (best score "
-                               f"{result.best_score:.2f}, mask_threshold {params.mask_threshold:g}): lower "
+                               f"{best:.2f}, mask_threshold {params.mask_threshold:g}): lower "
                                f"mask_threshold, name the area differently, or draw a mask")
         return result
