@@ -380,6 +380,7 @@ def check_download_weights(app, request) -> dict:
 
 
 def check_inpainter(app, request) -> dict:
+    import PIL.Image
     import scipy
     import torch
 
@@ -411,7 +412,9 @@ def check_inpainter(app, request) -> dict:
     jobs.records.create(JobRecord(id="gpu-job-mask-prompt", owner="o", created_at=now, expires_at=now + 600,
                                   params={"prompt": "a chair", "seed": 5, "mask_prompt": "the chair",
                                           "mask_threshold": 0.1, "extend_right": 64, "original_size": True}))
-    jobs.inputs.put("gpu-job-mask-prompt", image, b"")  # no drawn mask: stored as no bytes
+    blank = io.BytesIO()
+    PIL.Image.new("L", (1, 1), 0).save(blank, format="PNG")  # no drawn mask: stored as the web tier stores it
+    jobs.inputs.put("gpu-job-mask-prompt", image, blank.getvalue())
     result = (inpainter.run.local(["gpu-job-mask-prompt"])[0] if app.cfg.batch_max_images > 1
               else inpainter.run.local("gpu-job-mask-prompt"))
     record = result["record"]

@@ -203,11 +203,13 @@ def test_bad_mask_options_are_400_naming_the_parameter(server, extra, field, wor
     assert words in response.json()["error"] and f"'{field}'" in response.json()["error"]
 
 
-def test_a_job_without_a_mask_crosses_to_the_worker_process():
-    from service.jobs.handover import from_wire, to_wire
+def test_a_request_without_a_mask_is_stored_with_an_empty_one():
+    """Every store keeps two non-empty inputs per job: a mask-less request stores a black pixel, which the worker
+    stretches over the image like any mask (nothing drawn)."""
+    from service.http.intake import NO_MASK_PNG
 
-    image, mask = from_wire(to_wire((IMAGE, None)))
-    assert mask is None and image.tobytes() == IMAGE.tobytes()
+    blank = Image.open(io.BytesIO(NO_MASK_PNG))
+    assert blank.size == (1, 1) and not white(combine_masks(IMAGE.size, blank, None, invert=False)).any()
 
 
 def test_metrics_count_the_mask_models_seconds(server):

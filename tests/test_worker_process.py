@@ -1,6 +1,7 @@
 """`python -m service` runs its worker in a process of its own: the Segmind SDK flows, cancel, a worker that dies
 (started again, its job retried), and a server that dies (its worker goes with it). Real processes throughout."""
 
+import io
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import time
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.conftest import REPO
 from tests.servers import KEY_A, free_port
@@ -92,6 +94,11 @@ def test_the_sdk_flows_and_cancel_work_across_the_process_boundary(service):
         ended = wait_terminal(http, running)
         assert ended["status"] == "FAILED" and ended["error"] == "cancelled"
         assert http.post(f"/v2/{SLUG}", json=BODY).headers["x-remaining-credits"] == "96"  # 1 + 2 + 1, refunded
+        # No drawn mask: the mask from words and the outpainted border, decided in the worker process.
+        outpainted = http.post(f"/v1/{SLUG}", json={"image": BODY["image"], "prompt": "p", "mask_prompt": "the chair",
+                                                    "extend_left": 32, "original_size": True, "output_format": "png"})
+        assert outpainted.status_code == 200, outpainted.text
+        assert Image.open(io.BytesIO(outpainted.content)).size == (544, 512)
 
 
 def test_a_worker_that_dies_is_started_again_and_its_job_retried(service):

@@ -1,10 +1,12 @@
 """Taking a submission in (v1 and v2 alike): read and validate the body, fetch the inputs, admit the job."""
 
 import asyncio
+import io
 import time
 
 import httpx
 from fastapi import Request
+from PIL import Image
 from pydantic import ValidationError
 
 from schemas import MODEL_SLUG, InpaintRequest, describe_validation_error
@@ -19,6 +21,17 @@ from service.jobs.records import JobRecord
 from service.logs import redact_url
 
 WARNING_HEADER = "x-inpaint-warning"
+
+
+def _black_pixel_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1), 0).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# A request without a mask (mask_prompt or extend_* only) is stored with this one: nothing drawn, which the worker
+# stretches over the image like any mask. Every store then keeps two non-empty inputs per job, as before.
+NO_MASK_PNG = _black_pixel_png()
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -85,11 +98,12 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
         if not urls:
             early_checks()
         image_bytes, image = read_input(inpaint.image, "image", limits, fetched.get("image"))
-        mask_bytes, mask = b"", None  # no mask: stored as no bytes
+        mask_bytes, mask = NO_MASK_PNG, None
         if inpaint.mask is not None:
             mask_bytes, mask = read_input(inpaint.mask, "mask", limits, fetched.get("mask"))
         check_extended_size(inpaint, image, limits)
-        return jobs.admission.admit(owner, inpaint.params(), image_bytes, mask_bytes, base_url, decoded=(image, mask),
+        return jobs.admission.admit(owner, inpaint.params(), image_bytes, mask_bytes, base_url,
+                          decoded=(image, mask or Image.open(io.BytesIO(NO_MASK_PNG))),
                           received=received, idempotency_key=key, cancel_after=deadline_after,
                           warnings=[] if mask is None else mask_warnings(image, mask), api="v1" if sync else "v2",
                           image_from=redact_url(inpaint.image),

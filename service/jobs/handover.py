@@ -16,22 +16,20 @@ ORIENTATION = 0x0112
 
 
 def to_wire(images: tuple[Any, Any] | None) -> tuple | None:
-    """Image and mask (None when the request has none) as plain (mode, size, bytes) for another process, or None
-    when raw pixels would lose something the worker reads (an EXIF orientation, a transparent colour, a palette)
-    or cost more than a decode: the worker then decodes the stored bytes."""
+    """Image and mask as plain (mode, size, bytes) for another process, or None when raw pixels would lose
+    something the worker reads (an EXIF orientation, a transparent colour, a palette) or cost more than a
+    decode: the worker then decodes the stored bytes."""
     if images is None:
         return None
     for image in images:
-        if image is None:
-            continue
         if (image.mode not in WIRE_MODES or image.width * image.height > MAX_WIRE_PIXELS
                 or "transparency" in image.info or image.getexif().get(ORIENTATION, 1) != 1):
             return None
-    return tuple(None if image is None else (image.mode, image.size, image.tobytes()) for image in images)
+    return tuple((image.mode, image.size, image.tobytes()) for image in images)
 
 
 def from_wire(wired: tuple) -> tuple[Any, Any]:
-    image, mask = (None if item is None else Image.frombytes(*item) for item in wired)
+    image, mask = (Image.frombytes(mode, size, data) for mode, size, data in wired)
     return image, mask
 
 
@@ -47,7 +45,7 @@ class DecodedInputs:
 
     @staticmethod
     def _pixels(images: tuple[Any, Any]) -> int:
-        return sum(image.width * image.height for image in images if image is not None)
+        return sum(image.width * image.height for image in images)
 
     def put(self, job_id: str, image: Any, mask: Any) -> bool:
         size = self._pixels((image, mask))

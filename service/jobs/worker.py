@@ -130,16 +130,14 @@ def _start(job_id: str, jobs: JobService, outcomes: dict[str, JobOutcome | None]
 
 
 def input_images(jobs: JobService, record: JobRecord) -> tuple[Any, Any] | None:
-    """The job's image and mask as PIL images (the mask None when the request has none: stored as no bytes), or
-    None when its inputs are gone: the images decoded at submit where they were handed over in this process, else
-    the stored bytes (lazily decoded)."""
+    """The job's image and mask as PIL images, or None when its inputs are gone: the images decoded at submit
+    where they were handed over in this process, else the stored bytes (lazily decoded)."""
     if (handed := jobs.lifecycle.decoded.take(record.id)) is not None:
         return handed
     inputs = jobs.inputs.get(record.inputs_at)
     if inputs is None:
         return None
-    image, mask = inputs
-    return Image.open(io.BytesIO(image)), Image.open(io.BytesIO(mask)) if mask else None
+    return Image.open(io.BytesIO(inputs[0])), Image.open(io.BytesIO(inputs[1]))
 
 
 def _groups(waiting: list[tuple[str, InpaintParams | None]], max_images: int) -> list[list[tuple]]:
