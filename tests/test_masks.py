@@ -225,3 +225,13 @@ def test_metrics_count_the_mask_models_seconds(server):
         done = http.post(f"/v1/{SLUG}", json={"image": b64_png(IMAGE), "prompt": "p", "mask_prompt": "the sofa"})
         assert done.status_code == 200, done.text
     assert mask_jobs() == before + 1
+
+
+def test_outpainting_squashed_to_the_model_size_says_so(server):
+    with client(server) as http:
+        squashed = http.post(f"/v2/{SLUG}", json={"image": b64_png(IMAGE), "prompt": "p", "extend_right": 256})
+        kept = http.post(f"/v2/{SLUG}", json={"image": b64_png(IMAGE), "prompt": "p", "extend_right": 256,
+                                              "original_size": True})
+    assert "extended canvas is 768x512 but the answer is 512x512" in squashed.headers["x-inpaint-warning"]
+    assert "original_size: true" in squashed.headers["x-inpaint-warning"]
+    assert "x-inpaint-warning" not in kept.headers

@@ -147,17 +147,34 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8) else (width, height)
 
 
+def extended_size(request: InpaintParams, image: Image.Image) -> tuple[int, int]:
+    width, height = upright_size(image)
+    return (width + request.extend_left + request.extend_right, height + request.extend_top + request.extend_bottom)
+
+
 def check_extended_size(request: InpaintParams, image: Image.Image, limits: FetchLimits) -> None:
     """An outpainted canvas (extend_*) must fit the same pixel limits as an input image: the worker holds it whole."""
     if not request.extends:
         return
-    width, height = upright_size(image)
-    width += request.extend_left + request.extend_right
-    height += request.extend_top + request.extend_bottom
+    width, height = extended_size(request, image)
     if width * height > limits.max_pixels or max(width, height) > limits.max_side:
         field = "extend_left" if request.extend_left or request.extend_right else "extend_top"
         raise BadInput(field, f"the extended canvas would be {width}x{height}, over the limit of {limits.max_pixels} "
                               f"pixels and {limits.max_side} per side; extend less or send a smaller image")
+
+
+def extend_warnings(request: InpaintParams, image: Image.Image) -> list[str]:
+    """An outpainted canvas answered at img_width x img_height (no original_size) is squashed to it, as any image
+    is in that mode; for outpainting that is rarely what the caller wants, so the answer says so."""
+    if not request.extends or request.original_size:
+        return []
+    width, height = extended_size(request, image)
+    target = request.img_width / request.img_height
+    if abs((width / height) / target - 1) <= ASPECT_TOLERANCE:
+        return []
+    return [f"the extended canvas is {width}x{height} but the answer is {request.img_width}x{request.img_height} "
+            f"(original_size is off), so it is squashed ({width / height:.2f} vs {target:.2f}); send "
+            f"original_size: true to answer at {width}x{height}"]
 
 
 def mask_warnings(image: Image.Image, mask: Image.Image) -> list[str]:

@@ -13,8 +13,8 @@ from schemas import MODEL_SLUG, InpaintRequest, describe_validation_error
 from service.http.errors import ApiError
 from service.http.submit_headers import cancel_after, idempotency_key
 from service.jobs.errors import NoWorker, size_text
-from service.http.inputs import (FetchLimits, check_extended_size, check_webhook_url, fetch_url, looks_like_url,
-                                 mask_warnings, read_input)
+from service.http.inputs import (FetchLimits, check_extended_size, check_webhook_url, extend_warnings, fetch_url,
+                                 looks_like_url, mask_warnings, read_input)
 from service.jobs.service import JobService
 from service.jobs.waiting import run_blocking
 from service.jobs.records import JobRecord
@@ -102,11 +102,12 @@ async def accept(request: Request, slug: str, owner: str, jobs: JobService, base
         if inpaint.mask is not None:
             mask_bytes, mask = read_input(inpaint.mask, "mask", limits, fetched.get("mask"))
         check_extended_size(inpaint, image, limits)
-        return jobs.admission.admit(owner, inpaint.params(), image_bytes, mask_bytes, base_url,
+        params = inpaint.params()
+        warnings = ([] if mask is None else mask_warnings(image, mask)) + extend_warnings(params, image)
+        return jobs.admission.admit(owner, params, image_bytes, mask_bytes, base_url,
                           decoded=(image, mask or Image.open(io.BytesIO(NO_MASK_PNG))),
-                          received=received, idempotency_key=key, cancel_after=deadline_after,
-                          warnings=[] if mask is None else mask_warnings(image, mask), api="v1" if sync else "v2",
-                          image_from=redact_url(inpaint.image),
+                          received=received, idempotency_key=key, cancel_after=deadline_after, warnings=warnings,
+                          api="v1" if sync else "v2", image_from=redact_url(inpaint.image),
                           mask_from=None if inpaint.mask is None else redact_url(inpaint.mask))
 
     record, left = await run_blocking(take_in)
