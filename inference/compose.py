@@ -12,10 +12,11 @@ In every mode the result is the base picture with the generated pixels pasted
 through a weight that is 255 inside the (grown) mask and fades out over the
 feathered edge: wherever the weight is 0 the base's pixels are untouched.
 
-Before that, `paint_area` settles what is painted when the request asks for more
-than a drawn mask: the drawn mask joined with the mask found from words
-(inference/masks.py), inverted on request, and the canvas extended for
-outpainting (the new border mirrors the picture and is always painted).
+Before that, when a request asks for more than a drawn mask, `PaintArea`
+(inference/masks.py) settles what is painted with the helpers here: the drawn
+mask joined with the mask found from words, inverted on request
+(`combine_masks`), and the canvas extended for outpainting (`extend_canvas`:
+the new border mirrors the picture and is always painted).
 """
 
 from dataclasses import dataclass
@@ -141,10 +142,6 @@ def extend_canvas(image: Image.Image, mask: Image.Image, sides: Sides) -> tuple[
     grown = np.full(padded.shape[:2], 255, dtype=np.uint8)
     grown[top:top + image.height, left:left + image.width] = np.asarray(mask)
     return Image.fromarray(padded, "RGB"), Image.fromarray(grown, "L")
-
-
-def extended_size(size: Size, sides: Sides) -> Size:
-    return size[0] + sides[0] + sides[2], size[1] + sides[1] + sides[3]
 
 
 @dataclass
