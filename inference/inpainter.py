@@ -111,10 +111,11 @@ class Inpainter:
             use_cuda_graphs(self.pipe.unet)
 
     def warm_up(self) -> float:
-        """One 512x512 job, so that what a first request would wait for (CUDA's and cuDNN's set-up, the CUDA
-        graph or torch.compile of the common shape) happens now. Returns its seconds."""
+        """One 512x512 job and a pass of the mask model, so that what a first request would wait for (CUDA's and
+        cuDNN's set-up, the CUDA graph or torch.compile of the common shape) happens now. Returns its seconds."""
         started = time.perf_counter()
         self.run(InpaintParams(prompt="warm-up", seed=0), Image.new("RGB", (512, 512)), Image.new("L", (512, 512), 255))
+        self.masks.warm_up()
         seconds = time.perf_counter() - started
         log.info("warm-up job on %s took %.2fs", self.device, seconds)
         return seconds
@@ -153,11 +154,10 @@ class Inpainter:
         strength, guidance); prompts, seeds, samples and images may differ. One request alone takes exactly
         the path it always took, so its bytes do not depend on whether batching is configured."""
         first = items[0][0]
-        if any(batch_key(params) != batch_key(first) for params, _, _ in items):
-            raise ValueError("run_batch: the requests differ in size, steps, scheduler, strength or guidance")
+        if any(batch_key(params) != batch_key(first) or params.mask_only for params, _, _ in items):
+            raise ValueError("run_batch: the requests differ in size, steps, scheduler, strength or guidance, or one "
+                             "is mask_only (that runs alone: run)")
         width, height = first.img_width, first.img_height
-        if any(params.mask_only for params, _, _ in items):
-            raise ValueError("run_batch: a mask_only request runs alone (run)")
         jobs, seeds, own, mask_times = [], [], [], []
         for params, image, mask in items:
             started = time.perf_counter()

@@ -100,6 +100,10 @@ class PaintArea:
         if self.model is not None:
             self.model.to(device)
 
+    def warm_up(self) -> None:
+        if self.model is not None:
+            self.model.scores(Image.new("RGB", (512, 512)), "warm-up")
+
     def resolve(self, params: InpaintParams, image: Image.Image,
                 mask: Image.Image | None) -> tuple[Image.Image, Image.Image | None, float | None]:
         """The picture and mask to paint with, and the mask model's seconds (None when it did not run). A request
