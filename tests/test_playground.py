@@ -74,6 +74,17 @@ def inside_its_panel(page, selector):
         return el.getBoundingClientRect().right <= el.closest('.panel, header').getBoundingClientRect().right; }})()""")
 
 
+# The controls for the mask from words and for outpainting: each must be labelled and fit its panel.
+MASK_CONTROLS = ("#mask_prompt", "#mask_threshold", "#invert_mask", "#preview_mask",
+                 "#extend_left", "#extend_top", "#extend_right", "#extend_bottom")
+
+
+def labelled(page, selector):
+    """The control's accessible name comes from a <label> (inputs) or its own text (buttons)."""
+    return page.evaluate(f"""(() => {{ const el = document.querySelector({selector!r});
+        return el.tagName === 'BUTTON' ? el.textContent.trim() : [...el.labels].map((l) => l.textContent.trim()).join(' '); }})()""")
+
+
 def no_sideways_scroll(page, width):
     return page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]") == [width, width]
 
@@ -154,7 +165,8 @@ def test_queue_progress_exact_seed_and_result_beside_input(tmp_path, tiny_model_
         assert result["x"] >= stage["x"] + stage["width"] and abs(result["y"] - stage["y"]) < 40
         assert result["x"] + result["width"] <= 1280
         assert page.evaluate("document.documentElement.scrollWidth") <= 1280
-        for selector in ("#key", "#file", "#prompt", "#negative", "#scheduler", "#seed", "#height", "#mask_padding"):
+        for selector in ("#key", "#file", "#prompt", "#negative", "#scheduler", "#seed", "#height", "#mask_padding",
+                         *MASK_CONTROLS):
             assert inside_its_panel(page, selector), selector
         assert not page.is_visible("#placeholder")
 
@@ -226,6 +238,22 @@ def test_load_paint_and_get_a_result_at_every_width(name, viewport, touch, photo
         # The drawing area: on screen, not a sliver (most of a phone's width), and no taller than the window.
         assert box["x"] >= 0 and box["x"] + box["width"] <= width and box["height"] <= height
         assert box["width"] >= {"phone": 0.85, "tablet": 0.4, "desktop": 0.3}[name] * width, box
+
+        # The mask-from-words and outpainting controls: labelled, inside their panel and the window, not slivers.
+        for selector in MASK_CONTROLS:
+            r = page.locator(selector).bounding_box()
+            assert r["x"] >= 0 and r["x"] + r["width"] <= width and inside_its_panel(page, selector), (selector, r)
+            assert labelled(page, selector), selector
+            if selector not in ("#invert_mask",):
+                assert r["width"] >= 60 and r["height"] >= 16, (selector, r)
+        assert page.locator("#mask_prompt").bounding_box()["width"] >= 0.5 * page.locator("#input").bounding_box()["width"]
+        page.fill("#mask_prompt", "the sofa by the window, " * 12)  # 300 characters: the field scrolls, not the page
+        page.fill("#extend_left", "1024")
+        assert no_sideways_scroll(page, width)
+        page.fill("#mask_prompt", "")
+        page.fill("#extend_left", "0")
+        page.evaluate("window.scrollTo(0, 0)")  # filling scrolled the fields into view
+        page.wait_for_function("window.scrollY === 0", timeout=WAIT)
 
         # The size sent keeps the photo's shape, and the page says what comes back.
         w, h, original = model_request
@@ -344,3 +372,201 @@ def test_playground_is_served_without_a_key(tmp_path, tiny_model_dir, inpainter)
             icon = httpx.get(srv.url + path)
             assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml", path
             assert icon.text.startswith("<svg") and "https://" not in icon.text
+
+
+def wait_until(page, condition):
+    """wait_for_function, failing with what the status line says (the page's own account of what went wrong)."""
+    try:
+        page.wait_for_function(condition, timeout=WAIT)
+    except Exception as error:  # playwright's TimeoutError
+        raise AssertionError(f"{condition!r} not met; status: {page.text_content('#status')!r}") from error
+
+
+def status_is(page, text):
+    page.wait_for_function("(text) => document.getElementById('status').textContent.includes(text)", arg=text,
+                           timeout=WAIT)
+
+
+def test_mask_from_words_and_extend_without_painting(tmp_path, tiny_model_dir, inpainter, browser_page):  # noqa: F811
+    """No painted mask: words or an extension are enough, and the page sends them (and no mask). The server is
+    stood in for (page.route) so that the test reads the page's own side: what it sends, how it shows a refusal
+    and a FAILED job."""
+    page = browser_page
+    posts, answers = [], []
+
+    def submit_route(route):
+        posts.append(route.request.post_data)
+        route.fulfill(**answers.pop(0))
+
+    with api_server(make_settings(tmp_path / "state", tiny_model_dir), lambda: inpainter) as srv:
+        page.goto(srv.url + "/")
+        page.route("**/v2/sd1.5-inpainting", submit_route)
+        load_and_paint(page, tmp_path, paint=False)  # 640x480: painted at 768x512, answered at its own size
+        assert page.is_checked("#original_size")
+
+        # Nothing to repaint: refused in the page, and the message names the three ways to say what to repaint.
+        page.click("#submit")
+        status_is(page, "Paint a mask first")
+        status = page.text_content("#status")
+        assert "Mask from words" in status and "extend" in status, status
+        assert page.get_attribute("#status", "class") == "error" and posts == []
+
+        # Words instead of a mask: the error goes; an extension grows the output size shown.
+        page.fill("#mask_prompt", "  the sofa ")
+        assert page.get_attribute("#status", "class") != "error"
+        page.fill("#extend_right", "64")
+        page.fill("#extend_top", "32")
+        assert page.text_content("#output_size").startswith("Output: 704x512, the extended picture's own size")
+        page.uncheck("#original_size")
+        assert page.text_content("#output_size").startswith(
+            "Output: 768x512: the extended picture (640x480 grown to 704x512) is stretched")
+        page.check("#original_size")
+        assert page.text_content("#threshold_value") == "0.40"
+        page.fill("#mask_threshold", "0.25")
+        assert page.text_content("#threshold_value") == "0.25"
+
+        # A refusal from the server (400, naming the parameter) is shown as the error.
+        answers.append({"status": 400, "json": {"error": "parameter 'mask_prompt': refused by the test"}})
+        page.click("#submit")
+        status_is(page, "parameter 'mask_prompt': refused by the test")
+        assert page.get_attribute("#status", "class") == "error"
+        page.wait_for_function("!document.getElementById('submit').disabled", timeout=WAIT)
+        body = json.loads(posts[-1])
+        assert "mask" not in body and body["mask_prompt"] == "the sofa" and body["mask_threshold"] == 0.25
+        assert (body["extend_right"], body["extend_top"]) == (64, 32)
+        assert "extend_left" not in body and "extend_bottom" not in body
+        assert "invert_mask" not in body and "mask_only" not in body
+        assert body["prompt"] == "a red armchair" and body["original_size"] is True
+
+        # Preview mask: the same request as mask_only with one sample; a job that FAILED (the words found
+        # nothing) shows the job's error.
+        page.check("#invert_mask")
+        page.fill("#samples", "3")
+        job = f"{srv.url}/v2/requests/fake-job"
+        answers.append({"status": 200, "json": {"request_id": "fake-job", "status": "QUEUED",
+                                                "status_url": f"{job}/status", "response_url": job,
+                                                "cancel_url": f"{job}/cancel"}})
+        failed = {"request_id": "fake-job", "status": "FAILED",
+                  "error": "mask_prompt 'the sofa' found nothing on the image; try a lower mask_threshold"}
+        page.route(f"{job}/status/stream", lambda route: route.fulfill(
+            status=200, content_type="text/event-stream", body=f"event: status\ndata: {json.dumps(failed)}\n\n"))
+        page.click("#preview_mask")
+        status_is(page, "Mask preview failed: mask_prompt 'the sofa' found nothing on the image")
+        assert page.get_attribute("#status", "class") == "error"
+        page.wait_for_function("!document.getElementById('preview_mask').disabled && "
+                               "!document.getElementById('submit').disabled", timeout=WAIT)
+        body = json.loads(posts[-1])
+        assert body["mask_only"] is True and body["samples"] == 1 and body["invert_mask"] is True
+        assert body["mask_prompt"] == "the sofa" and "mask" not in body and body["extend_right"] == 64
+        assert not page.is_visible("#preview_tag") and not page.is_visible("#mask_figure")
+
+        # An extension alone is enough too: no words, no mask sent.
+        page.uncheck("#invert_mask")
+        page.fill("#mask_prompt", "   ")
+        answers.append({"status": 400, "json": {"error": "refused by the test"}})
+        page.click("#submit")
+        status_is(page, "refused by the test")
+        body = json.loads(posts[-1])
+        assert not {"mask", "mask_prompt", "mask_threshold", "invert_mask", "mask_only"} & body.keys(), body.keys()
+        assert (body["extend_right"], body["extend_top"], body["samples"]) == (64, 32, 3)
+        assert len(posts) == 3
+    assert page.blocked == []
+
+
+@pytest.mark.parametrize("name, viewport, touch", [(w[0], w[1], w[2]) for w in WIDTHS], ids=[w[0] for w in WIDTHS])
+def test_preview_mask_shows_the_mask_over_the_photo(name, viewport, touch, tmp_path, tiny_model_dir, inpainter,
+                                                     browser):  # noqa: F811
+    """Needs the server's mask_prompt / mask_only. A stroke and an extension on the right: the previewed mask is
+    white on the stroke and on the extension, black elsewhere; it shows in the result panel and, tinted, over
+    the photo, under the strokes, which stay as they were and can still be painted on.
+
+    Buttons are clicked, as in the tests above, even on a touch screen: in headless Chromium the first tap
+    after a CDP touch drag on the canvas (touch-action: none) gets no click, the page before these controls
+    included."""
+    width, height = viewport
+    page = open_page(browser, width, height, touch=touch)
+    posts = []
+    page.on("request", lambda r: posts.append(r.post_data) if r.method == "POST" else None)
+    with api_server(make_settings(tmp_path / "state", tiny_model_dir), lambda: inpainter) as srv:
+        page.goto(srv.url + "/")
+        box = load_photo(page, tmp_path, (640, 480))
+        page.locator("#paint").scroll_into_view_if_needed()
+        box = page.locator("#paint").bounding_box()
+        stroke = [(box["x"] + box["width"] * (0.2 + 0.02 * i), box["y"] + box["height"] * 0.5) for i in range(11)]
+        (touch_stroke if touch else mouse_stroke)(page, stroke)
+        page.wait_for_function("maskPainted", timeout=WAIT)
+        page.fill("#extend_right", "128")  # 640x480 grows to 768x480; Original size is on (4:3)
+        assert page.text_content("#output_size").startswith("Output: 768x480")
+        page.click("#preview_mask")
+        wait_until(page, "!document.getElementById('mask_figure').hidden && "
+                         "document.getElementById('mask_image').naturalWidth > 0 && "
+                         "!document.getElementById('preview_mask').disabled")
+        status = page.text_content("#status")
+        assert "Mask preview" in status and "nothing painted" in status and page.get_attribute("#status", "class") != "error"
+        body = json.loads(posts[-1])
+        assert body["mask_only"] is True and body["samples"] == 1 and body["extend_right"] == 128 and "mask" in body
+        assert "Mask preview, 768x480" in page.text_content("#mask_caption")
+
+        # The mask answered: at the output size, white on the stroke and the extension, black far from both.
+        mask = page.evaluate("""(() => { const img = document.getElementById('mask_image');
+            const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+            const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+            const at = (x, y) => ctx.getImageData(x, y, 1, 1).data[0];
+            return [img.naturalWidth, img.naturalHeight, at(0.3 * 640, 240), at(700, 240), at(600, 40), at(5, 470)];
+        })()""")
+        assert mask[:2] == [768, 480]
+        assert mask[2] > 200 and mask[3] > 200, mask  # the stroke, the extension
+        assert mask[4] < 50 and mask[5] < 50, mask  # away from both
+
+        # On the stage: the preview (the part over the photo), labelled, under the strokes, which are unchanged.
+        assert page.is_visible("#preview") and page.is_visible("#preview_tag")
+        assert page.text_content("#preview_tag") == "Mask preview"
+        page.locator("#paint").scroll_into_view_if_needed()
+        on_stage = page.evaluate("""(() => {
+            const at = (id, fx, fy) => { const c = document.getElementById(id);
+              return c.getContext('2d').getImageData(Math.round(fx * c.width), Math.round(fy * c.height), 1, 1).data; };
+            const order = [...document.getElementById('stage').children].map((e) => e.id);
+            return { stroke: at('preview', 0.3, 0.5)[0], corner: at('preview', 0.95, 0.05)[0],
+                     paint: at('paint', 0.3, 0.5)[3], order,
+                     top: document.elementFromPoint(...(() => { const r = document.getElementById('paint')
+                       .getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; })()).id };
+        })()""")
+        assert on_stage["stroke"] > 200 and on_stage["corner"] < 50, on_stage
+        assert on_stage["paint"] > 0, on_stage  # the stroke is still drawn
+        assert on_stage["order"].index("preview") < on_stage["order"].index("paint") and on_stage["top"] == "paint"
+        assert no_sideways_scroll(page, width)
+        for selector in ("#preview_tag", "#mask_figure"):
+            r = page.locator(selector).bounding_box()
+            assert r["x"] >= 0 and r["x"] + r["width"] <= width, (selector, r)
+        page.screenshot(path=f"/tmp/playground_{width}.png", full_page=True)
+
+        # Words too (threshold 0: the tiny random CLIPSeg finds everything): the preview is the whole picture.
+        page.fill("#mask_prompt", "the sofa")
+        page.fill("#mask_threshold", "0")
+        page.click("#preview_mask")
+        wait_until(page, "document.getElementById('status').textContent.startsWith('Mask preview') && "
+                         "!document.getElementById('preview_mask').disabled")
+        assert page.get_attribute("#status", "class") != "error", page.text_content("#status")
+        body = json.loads(posts[-1])
+        assert body["mask_prompt"] == "the sofa" and body["mask_threshold"] == 0 and body["mask_only"] is True
+        page.screenshot(path=f"/tmp/playground_{width}_words.png", full_page=True)
+
+        # Painting goes on over the preview, and Inpaint paints: the result replaces the mask in the result panel.
+        page.locator("#paint").scroll_into_view_if_needed()
+        box = page.locator("#paint").bounding_box()
+        (touch_stroke if touch else mouse_stroke)(page, [(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.8),
+                                                         (box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.8)])
+        assert page.evaluate("""(() => { const c = document.getElementById('paint');
+            return c.getContext('2d').getImageData(Math.round(0.75 * c.width), Math.round(0.8 * c.height), 1, 1).data[3]; })()""") > 0
+        page.fill("#mask_prompt", "")
+        page.fill("#prompt", "a red armchair")
+        page.click("#submit")
+        wait_until(page, "document.getElementById('status').textContent.startsWith('Done') && "
+                         "document.getElementById('after').naturalWidth > 0")
+        assert page.evaluate("[document.getElementById('after').naturalWidth,"
+                             " document.getElementById('after').naturalHeight]") == [768, 480]
+        assert page.is_hidden("#mask_figure") and page.is_visible("#compare")
+        assert page.is_visible("#preview")  # the preview stays on the stage until hidden or the mask is cleared
+        page.click("#hide_preview")
+        assert page.is_hidden("#preview") and page.is_hidden("#preview_tag") and page.is_hidden("#hide_preview")
+    assert page.blocked == []
