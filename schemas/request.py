@@ -42,9 +42,10 @@ class InpaintParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=r"\S",
-                        description=f"What to paint in the masked area, at most {MAX_PROMPT_CHARS} characters. "
-                                    "Only the first 77 CLIP tokens (roughly 300 characters) are used.")
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS, pattern=r"\S",
+                               description=f"What to paint in the masked area, at most {MAX_PROMPT_CHARS} "
+                                           "characters. Only the first 77 CLIP tokens (roughly 300 characters) are "
+                                           "used. Required, except with mask_only (which paints nothing).")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS,
                                  description=f"What to avoid, at most {MAX_PROMPT_CHARS} characters.")
     samples: int = Field(1, ge=1, le=4, description="Number of images, 1..4.")
@@ -116,6 +117,9 @@ class InpaintParams(BaseModel):
     def _check_mask_options(self) -> "InpaintParams":
         if self.mask_only and self.samples != 1:
             raise ValueError("parameter 'samples': mask_only answers one mask; leave samples at 1")
+        if self.prompt is None and not self.mask_only:
+            raise ValueError("parameter 'prompt' is required (only a mask_only request, which paints nothing, goes "
+                             "without one)")
         return self
 
 

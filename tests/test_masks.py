@@ -235,3 +235,13 @@ def test_outpainting_squashed_to_the_model_size_says_so(server):
     assert "extended canvas is 768x512 but the answer is 512x512" in squashed.headers["x-inpaint-warning"]
     assert "original_size: true" in squashed.headers["x-inpaint-warning"]
     assert "x-inpaint-warning" not in kept.headers
+
+
+def test_a_mask_preview_needs_no_prompt_a_painting_does(server):
+    with client(server) as http:
+        preview = http.post(f"/v1/{SLUG}", json={"image": b64_png(IMAGE), "mask_prompt": "the sofa",
+                                                 "mask_only": True})
+        painting = http.post(f"/v1/{SLUG}", json={"image": b64_png(IMAGE), "mask_prompt": "the sofa"})
+    assert preview.status_code == 200, preview.text
+    assert painting.status_code == 400 and painting.json()["field"] == "prompt"
+    assert "parameter 'prompt' is required" in painting.json()["error"]
