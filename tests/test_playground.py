@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,6 +45,18 @@ class HeldInpainter:
                 self.resume.wait(120)
 
         return self.inner.run(request, image, mask, on_step=step)
+
+
+@contextmanager
+def page_on_server(browser, viewport, touch, tmp_path, model_dir, inpainter):  # noqa: F811
+    """The playground of a demo server open in a page of `viewport`; yields the page, the server and the bodies of
+    the POSTs the page sends, as they are sent."""
+    page = open_page(browser, *viewport, touch=touch)
+    posts = []
+    page.on("request", lambda r: posts.append(r.post_data) if r.method == "POST" else None)
+    with api_server(make_settings(tmp_path / "state", model_dir), lambda: inpainter) as srv:
+        page.goto(srv.url + "/")
+        yield page, srv, posts
 
 
 def load_photo(page, tmp_path, size=(640, 480)):
@@ -226,11 +239,7 @@ WIDTHS = [
 def test_load_paint_and_get_a_result_at_every_width(name, viewport, touch, photo_size, model_request, result_size,
                                                      tmp_path, tiny_model_dir, inpainter, browser):  # noqa: F811
     width, height = viewport
-    page = open_page(browser, width, height, touch=touch)
-    posts = []
-    page.on("request", lambda r: posts.append(r.post_data) if r.method == "POST" else None)
-    with api_server(make_settings(tmp_path / "state", tiny_model_dir), lambda: inpainter) as srv:
-        page.goto(srv.url + "/")
+    with page_on_server(browser, viewport, touch, tmp_path, tiny_model_dir, inpainter) as (page, srv, posts):
         assert no_sideways_scroll(page, width)
         box = load_photo(page, tmp_path, photo_size)
         assert no_sideways_scroll(page, width)
@@ -484,11 +493,7 @@ def test_preview_mask_shows_the_mask_over_the_photo(name, viewport, touch, tmp_p
     after a CDP touch drag on the canvas (touch-action: none) gets no click, the page before these controls
     included."""
     width, height = viewport
-    page = open_page(browser, width, height, touch=touch)
-    posts = []
-    page.on("request", lambda r: posts.append(r.post_data) if r.method == "POST" else None)
-    with api_server(make_settings(tmp_path / "state", tiny_model_dir), lambda: inpainter) as srv:
-        page.goto(srv.url + "/")
+    with page_on_server(browser, viewport, touch, tmp_path, tiny_model_dir, inpainter) as (page, srv, posts):
         box = load_photo(page, tmp_path, (640, 480))
         page.locator("#paint").scroll_into_view_if_needed()
         box = page.locator("#paint").bounding_box()
