@@ -13,7 +13,7 @@ TORCH_INDEX ?= auto
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TINY_MODEL ?= .models/tiny-sd-inpainting
 
-.PHONY: venv test demo serve tiny-model clean bench-serving bench-floor bench-cold-start bench-gpu load-test deploy teardown
+.PHONY: venv test demo serve tiny-model clean bench-serving bench-floor bench-cold-start bench-gpu bench-mask load-test deploy teardown
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench-cold-start: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(BIN)/python -m scripts.bench.gpu
+
+bench-mask: $(STAMP)
+	$(BIN)/python -m scripts.bench.mask_model $(ARGS)
 
 load-test: $(STAMP)
 	$(BIN)/python -m scripts.load_test
