@@ -352,12 +352,19 @@ def test_download_weights_never_overwrites_what_a_snapshot_used(recorded_app, mo
     names = iter(["20260101-000000", "20260101-000001"])
     monkeypatch.setattr(module.time, "strftime", lambda fmt: next(names))
 
-    def fake_download(target, safety_checker=True):
+    def fake_mask_download(folder):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        return folder
+
+    def fake_download(target, safety_checker=True):  # the weights, then the mask model into target/clipseg
         target.mkdir(parents=True)
         (target / "model_index.json").write_text("{}")
+        fake_mask_download(target / "clipseg")
         return target
 
     monkeypatch.setattr(weights.download, "download", fake_download)
+    monkeypatch.setattr(weights.download, "download_mask_model", fake_mask_download)
     module.download_weights.local()
     first = module.current_weights_dir()
     module.download_weights.local()  # already there: nothing fetched
@@ -366,6 +373,12 @@ def test_download_weights_never_overwrites_what_a_snapshot_used(recorded_app, mo
     second = module.current_weights_dir()
     assert second != first and (first / "model_index.json").is_file()  # the old copy is untouched
     assert (tmp_path / "CURRENT").read_text().strip() == second.name and len(commits) == 2
+    # Weights fetched before the mask model existed: it is added beside them, nothing else changes.
+    (second / "clipseg" / "config.json").unlink()
+    (second / "clipseg").rmdir()
+    module.download_weights.local()
+    assert module.current_weights_dir() == second and (second / "clipseg" / "config.json").is_file()
+    assert (second / "model_index.json").is_file() and len(commits) == 3
 
 
 # ---- deploy-time checks -------------------------------------------------------------------------------------
