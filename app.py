@@ -354,14 +354,14 @@ def download_weights(force: bool = False, safety_checker: bool = True):
     before the mask model existed get it added in a new folder beside them. Redeploy after either, so new
     containers load what was fetched."""
     from service.logs import configure_logging
-    from weights import MASK_MODEL_FOLDER
+    from weights import MASK_MODEL_FOLDER, has_mask_model
     from weights.download import download, download_mask_model
 
     configure_logging()
     pointer = Path(CURRENT_WEIGHTS)
     if pointer.is_file() and (current_weights_dir() / "model_index.json").is_file() and not force:
         mask_dir = current_weights_dir() / MASK_MODEL_FOLDER
-        if (mask_dir / "config.json").is_file():
+        if has_mask_model(mask_dir):
             print(f"weights already in the volume at {current_weights_dir()}; pass --force to fetch a new copy")
             return
         download_mask_model(mask_dir)

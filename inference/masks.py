@@ -21,6 +21,7 @@ from transformers.utils import logging as hf_logging
 from inference.compose import combine_masks, extend_canvas, read_image
 from schemas import InpaintParams
 from schemas.job_errors import MaskModelMissing, MaskNotFound
+from weights import has_mask_model
 
 log = logging.getLogger(__name__)
 MAX_TOKENS = 77  # CLIP's text length; the processor would otherwise refuse a longer prompt
@@ -28,13 +29,9 @@ MAX_TOKENS = 77  # CLIP's text length; the processor would otherwise refuse a lo
 
 @dataclass
 class FoundMask:
-    mask: Image.Image  # binary L at the picture's size: 255 where the score passed the threshold
+    mask: Image.Image  # binary L at the picture's size: 255 where the score reached the threshold
     best_score: float  # the highest score anywhere, 0..1 (what a prompt that found nothing came closest to)
     seconds: float
-
-
-def has_mask_model(model_dir: Path) -> bool:
-    return (model_dir / "config.json").is_file() and (model_dir / "preprocessor_config.json").is_file()
 
 
 class MaskModel:
@@ -72,12 +69,18 @@ class MaskModel:
         return torch.sigmoid(logits.float()).reshape(self.side, self.side).cpu().numpy()
 
     def find(self, picture: Image.Image, prompt: str, threshold: float) -> FoundMask:
-        """The mask of what the prompt names, at the picture's size."""
+        """The mask of what the prompt names (scores at or above the threshold), at the picture's size."""
         started = time.perf_counter()
         scores = self.scores(picture, prompt)
-        found = Image.fromarray(np.where(scores > threshold, 255, 0).astype(np.uint8), "L")
-        if found.size != picture.size:  # scaled up smoothly, then cut at half: edges follow the scores, not blocks
+        passed = scores >= threshold
+        found = Image.fromarray(np.where(passed, 255, 0).astype(np.uint8), "L")
+        if found.size != picture.size:  # scaled smoothly, then cut at half: edges follow the scores, not blocks
             found = found.resize(picture.size, Image.Resampling.BILINEAR).point(lambda v: 255 if v >= 128 else 0)
+            if found.getbbox() is None and passed.any():  # a find under a pixel of a small picture: kept
+                rows, columns = np.nonzero(passed)
+                kept = np.zeros((picture.height, picture.width), dtype=np.uint8)
+                kept[rows * picture.height // self.side, columns * picture.width // self.side] = 255
+                found = Image.fromarray(kept, "L")
         return FoundMask(found, float(scores.max()), time.perf_counter() - started)
 
 
@@ -90,11 +93,15 @@ class PaintArea:
     def __init__(self, model_dir: Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
         self.model_dir = model_dir
         self.model: MaskModel | None = None
-        if has_mask_model(model_dir):
-            self.model = MaskModel(model_dir, device=device, dtype=dtype)
-        else:
+        if not has_mask_model(model_dir):
             log.warning("no mask model in %s: requests with mask_prompt will fail until it is fetched "
-                        "(python -m weights.download)", model_dir)
+                        "(python -m weights.download MODEL_DIR)", model_dir)
+            return
+        try:
+            self.model = MaskModel(model_dir, device=device, dtype=dtype)
+        except Exception:  # damaged files: drawn masks must keep working
+            log.exception("the mask model in %s failed to load: requests with mask_prompt will fail until it is "
+                          "fetched again (delete the folder, then python -m weights.download MODEL_DIR)", model_dir)
 
     def to(self, device: str) -> None:
         if self.model is not None:
@@ -114,10 +121,12 @@ class PaintArea:
         if params.mask_prompt:
             result = self._find(picture, params)
             found, seconds = result.mask, result.seconds
+        drawn = mask is not None and mask.getbbox() is not None
         mask = combine_masks(picture.size, mask, found, params.invert_mask)
         if params.mask_prompt and params.invert_mask and not params.extends and mask.getbbox() is None:
-            raise MaskNotFound(f"mask_prompt {params.mask_prompt!r} covers the whole image, so with invert_mask "
-                               f"nothing is left to repaint: raise mask_threshold or name a smaller area")
+            covering = f"{'the drawn mask and ' if drawn else ''}mask_prompt {params.mask_prompt!r}"
+            raise MaskNotFound(f"with invert_mask nothing is left to repaint: {covering} cover the whole image; "
+                               f"raise mask_threshold, name a smaller area or draw less", params, seconds)
         if params.extends:
             picture, mask = extend_canvas(picture, mask, (params.extend_left, params.extend_top,
                                                           params.extend_right, params.extend_bottom))
@@ -125,13 +134,13 @@ class PaintArea:
 
     def _find(self, picture: Image.Image, params: InpaintParams) -> FoundMask:
         if self.model is None:
-            raise MaskModelMissing(f"mask_prompt needs the mask model, which this deployment does not have "
-                                   f"(nothing in {self.model_dir}); use a drawn mask, or ask its operator to "
-                                   f"fetch the weights again (python -m weights.download)")
+            raise MaskModelMissing("mask_prompt needs the segmentation model, which this deployment has not "
+                                   "loaded (its log says why); send a drawn mask instead, or ask its operator to "
+                                   "fetch the model", params)
         result = self.model.find(picture, params.mask_prompt, params.mask_threshold)
         if result.mask.getbbox() is None:
-            best = math.floor(result.best_score * 100) / 100  # rounded down: never shown at or above the threshold
+            best = math.floor(result.best_score * 100) / 100  # rounded down: never shown at the threshold
             raise MaskNotFound(f"mask_prompt {params.mask_prompt!r} found nothing in the image (best score "
-                               f"{best:.2f}, mask_threshold {params.mask_threshold:g}): lower "
-                               f"mask_threshold, name the area differently, or draw a mask")
+                               f"{best:.2f}, below mask_threshold {params.mask_threshold:g}): lower "
+                               f"mask_threshold, name the area differently, or draw a mask", params, result.seconds)
         return result

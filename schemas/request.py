@@ -91,8 +91,8 @@ class InpaintParams(BaseModel):
                     f"a drawn `mask` too, the two are joined (union). A prompt that finds nothing fails the job.")
     mask_threshold: float = Field(
         DEFAULT_MASK_THRESHOLD, ge=0, le=1,
-        description="Extension, with mask_prompt: the CLIPSeg score (0..1) above which a pixel is in the mask. "
-                    "Lower finds more.")
+        description="Extension, with mask_prompt: the CLIPSeg score (0..1) from which a pixel is in the mask. "
+                    "Lower finds more; 0 takes the whole image.")
     invert_mask: bool = Field(
         False, description="Extension: white = keep instead of white = repaint, for the drawn mask and the "
                            "mask_prompt's mask alike (applied to their union; extend_* areas are always repainted).")

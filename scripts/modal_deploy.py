@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from weights import MASK_MODEL_FOLDER
+from weights import MASK_MODEL_FOLDER, MASK_MODEL_WEIGHTS
 
 KNOBS_FILE = Path(".modal-deploy.env")
 API_KEY_FILE = Path(".modal-api-key")
@@ -98,7 +98,9 @@ def missing_weights(volume) -> str | None:
     if "CURRENT" not in names(volume.listdir("/")):
         return "weights (about 2.7 GB)"
     current = b"".join(volume.read_file("CURRENT")).decode().strip()
-    if MASK_MODEL_FOLDER not in names(volume.listdir(f"/{current}")):
+    # A download cut short leaves the folder with its small files and no weights.
+    if (MASK_MODEL_FOLDER not in names(volume.listdir(f"/{current}"))
+            or not set(MASK_MODEL_WEIGHTS) & names(volume.listdir(f"/{current}/{MASK_MODEL_FOLDER}"))):
         return "mask model for mask_prompt (about 600 MB)"
     return None
 

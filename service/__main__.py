@@ -28,13 +28,13 @@ def prepare_model(settings: Settings, demo: bool) -> None:
     if demo:
         settings.demo = True
         settings.model_dir = DEMO_MODEL_DIR
-        from weights import MASK_MODEL_FOLDER
+        from weights import MASK_MODEL_FOLDER, has_mask_model
 
         if not (DEMO_MODEL_DIR / "model_index.json").is_file():
             from weights.tiny import build
 
             build(DEMO_MODEL_DIR)
-        elif not (DEMO_MODEL_DIR / MASK_MODEL_FOLDER / "config.json").is_file():  # built before mask_prompt
+        elif not has_mask_model(DEMO_MODEL_DIR / MASK_MODEL_FOLDER):  # built before mask_prompt
             from weights.tiny import build_mask_model
 
             build_mask_model(DEMO_MODEL_DIR / MASK_MODEL_FOLDER)
@@ -52,8 +52,8 @@ def prepare_model(settings: Settings, demo: bool) -> None:
         problem = hub_problem()
         if problem:
             raise RuntimeError(problem)
-        log.info("no weights in %s; downloading them once (about 2.7 GB with the mask model)", settings.model_dir)
-        download(settings.model_dir, safety_checker=settings.safety_checker)
+        log.info("no weights in %s; downloading them once (about 2.1 GB)", settings.model_dir)
+        download(settings.model_dir, safety_checker=settings.safety_checker, mask_model=False)
     except Exception as exc:
         sys.exit(
             f"error: no model in MODEL_DIR={settings.model_dir} and it could not be downloaded "
@@ -62,15 +62,16 @@ def prepare_model(settings: Settings, demo: bool) -> None:
             f"`python -m weights.download {settings.model_dir}` and copy it here, "
             f"set MODEL_DIR to a directory that holds it, or run `make demo` for the tiny demo model."
         )
+    add_mask_model(settings)  # apart: the service runs without it, only mask_prompt needs it
 
 
 def add_mask_model(settings: Settings) -> None:
     """Weights fetched before mask_prompt existed lack the mask model: fetch it once beside them. Without the hub
     the service still starts; only requests with mask_prompt fail, saying why."""
-    from weights import MASK_MODEL_FOLDER
+    from weights import MASK_MODEL_FOLDER, has_mask_model
 
     folder = settings.model_dir / MASK_MODEL_FOLDER
-    if settings.mask_model_dir is not None or (folder / "config.json").is_file():
+    if settings.mask_model_dir is not None or has_mask_model(folder):  # an operator's own folder: theirs to fill
         return
     from weights.download import MASK_REPO_ID, download_mask_model, hub_problem
 

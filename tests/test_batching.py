@@ -134,15 +134,16 @@ def test_a_failing_batch_runs_its_jobs_one_by_one(jobs, inpainter):
 
 def test_a_mask_prompt_that_finds_nothing_fails_its_own_job_only(jobs, inpainter):
     found = submit(jobs, seed=1, mask_prompt="the chair")
-    nothing = submit(jobs, seed=2, mask_prompt="a unicorn", mask_threshold=1.0)
+    nothing = submit(jobs, seed=2, mask_prompt="a unicorn", mask_threshold=0.95)
     drawn = submit(jobs, seed=3)
     preview = submit(jobs, seed=4, mask_only=True, mask_prompt="the chair")
     model = Hooked(inpainter)
     outcomes = run_jobs([found, nothing, drawn, preview], jobs, model, max_images=4)
-    assert model.calls == [3, 1, 1, 1, 1]  # the batch stopped at the empty mask; each of its jobs ran alone
+    assert model.calls == [3, 2, 1]  # the batch stopped at the empty mask and ran again without it
     failed = outcomes[nothing].record
     assert failed.status == JobStatus.FAILED and failed.failure == Failure.MASK_NOT_FOUND
-    assert "'a unicorn' found nothing" in failed.error
+    assert "'a unicorn' found nothing" in failed.error and failed.mask_time > 0
+    assert outcomes[found].record.batch_size == outcomes[drawn].record.batch_size == 2
     for job_id in (found, drawn, preview):
         assert outcomes[job_id].record.status == JobStatus.COMPLETED, outcomes[job_id].record.error
     assert outcomes[found].record.mask_time > 0 and outcomes[drawn].record.mask_time is None

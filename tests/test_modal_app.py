@@ -353,8 +353,9 @@ def test_download_weights_never_overwrites_what_a_snapshot_used(recorded_app, mo
     monkeypatch.setattr(module.time, "strftime", lambda fmt: next(names))
 
     def fake_mask_download(folder):
-        folder.mkdir(parents=True)
-        (folder / "config.json").write_text("{}")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
+            (folder / name).write_text("{}")
         return folder
 
     def fake_download(target, safety_checker=True):  # the weights, then the mask model into target/clipseg
@@ -374,10 +375,9 @@ def test_download_weights_never_overwrites_what_a_snapshot_used(recorded_app, mo
     assert second != first and (first / "model_index.json").is_file()  # the old copy is untouched
     assert (tmp_path / "CURRENT").read_text().strip() == second.name and len(commits) == 2
     # Weights fetched before the mask model existed: it is added beside them, nothing else changes.
-    (second / "clipseg" / "config.json").unlink()
-    (second / "clipseg").rmdir()
+    (second / "clipseg" / "model.safetensors").unlink()  # a download cut short: configs, no weights
     module.download_weights.local()
-    assert module.current_weights_dir() == second and (second / "clipseg" / "config.json").is_file()
+    assert module.current_weights_dir() == second and (second / "clipseg" / "model.safetensors").is_file()
     assert (second / "model_index.json").is_file() and len(commits) == 3
 
 

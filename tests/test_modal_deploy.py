@@ -104,5 +104,7 @@ def test_a_deploy_fetches_what_the_weight_volume_lacks():
     assert missing_weights(Listing({"": []}, None)).startswith("weights")
     old = {"": ["CURRENT", "sd15-a"], "sd15-a": ["unet", "vae", "model_index.json"]}
     assert missing_weights(Listing(old, "sd15-a")).startswith("mask model")
-    full = {"": ["CURRENT", "sd15-a"], "sd15-a": ["unet", "vae", "model_index.json", "clipseg"]}
+    cut_short = {**old, "sd15-a": [*old["sd15-a"], "clipseg"], "sd15-a/clipseg": ["config.json", "vocab.json"]}
+    assert missing_weights(Listing(cut_short, "sd15-a")).startswith("mask model")
+    full = {**cut_short, "sd15-a/clipseg": ["config.json", "vocab.json", "model.safetensors"]}
     assert missing_weights(Listing(full, "sd15-a")) is None

@@ -14,15 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from weights import MASK_MODEL_FOLDER
+from weights import MASK_MODEL_FOLDER, MASK_MODEL_WEIGHTS
 
 REPO_ID = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 MASK_REPO_ID = "CIDAS/clipseg-rd64-refined"
 MASK_CONFIG_FILES = {"config.json", "preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
                      "special_tokens_map.json"}
-# safetensors when the repository's main branch has them; else the original pickle, which transformers reads with
-# torch.load(weights_only=True), refusing anything but tensors.
-MASK_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_SUFFIX = ".fp16.safetensors"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "safety_checker", "feature_extractor")
 CONFIG_FILES = {
@@ -60,10 +57,12 @@ def select_files(repo_files: list[str], safety_checker: bool = True) -> list[str
 def select_mask_files(repo_files: list[str]) -> list[str]:
     """The CLIPSeg files the mask model needs: its configs, tokenizer files, and one weights file."""
     present = set(repo_files)
-    weights = next((name for name in MASK_WEIGHTS if name in present), None)
+    # safetensors when the repository's main branch has them; else the original pickle, which transformers reads
+    # with torch.load(weights_only=True), refusing anything but tensors.
+    weights = next((name for name in MASK_MODEL_WEIGHTS if name in present), None)
     missing = sorted(name for name in MASK_CONFIG_FILES if name not in present)
     if weights is None or missing:
-        raise RuntimeError(f"{MASK_REPO_ID} listing lacks {missing or list(MASK_WEIGHTS)}")
+        raise RuntimeError(f"{MASK_REPO_ID} listing lacks {missing or list(MASK_MODEL_WEIGHTS)}")
     return sorted((present & MASK_CONFIG_FILES) | {weights})
 
 

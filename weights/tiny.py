@@ -123,7 +123,14 @@ def build_mask_model(out_dir: Path, seed: int = 0, full_size: bool = False) -> P
             projection_dim=16, extract_layers=[1, 2], reduce_dim=8, decoder_num_attention_heads=2,
             decoder_intermediate_size=16, use_complex_transposed_convolution=True)
     torch.manual_seed(seed)
-    CLIPSegForImageSegmentation(config).save_pretrained(str(out_dir), safe_serialization=True)
+    model = CLIPSegForImageSegmentation(config)
+    if not full_size:
+        # Random weights give logits of about +-200, so every score is 0 or 1. Scaled down, the scores spread over
+        # the middle of 0..1 as a trained model's do, and thresholds mean something (0.95 finds nothing).
+        with torch.no_grad():
+            for parameter in model.decoder.transposed_convolution[-1].parameters():
+                parameter.mul_(0.01)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
     (out_dir / "preprocessor_config.json").write_text(json.dumps(CLIPSEG_PREPROCESSOR, indent=2) + "\n")
     return out_dir
 

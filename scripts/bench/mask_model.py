@@ -172,7 +172,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def ensure_model(model_dir: Path | None, report: Report) -> Path:
-    from inference.masks import has_mask_model
+    from weights import has_mask_model
     from weights.tiny import build_mask_model
 
     if model_dir is not None:

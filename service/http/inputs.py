@@ -20,6 +20,7 @@ import httpx
 from PIL import ExifTags, Image
 
 from schemas import InpaintParams
+from schemas.request import EXTEND_SIDES
 from service.jobs.errors import BadInput, size_text
 from service.jobs.safe_urls import check_url_shape, pinned_url, resolve_checked_sync
 
@@ -158,7 +159,7 @@ def check_extended_size(request: InpaintParams, image: Image.Image, limits: Fetc
         return
     width, height = extended_size(request, image)
     if width * height > limits.max_pixels or max(width, height) > limits.max_side:
-        field = "extend_left" if request.extend_left or request.extend_right else "extend_top"
+        field = max(EXTEND_SIDES, key=lambda side: getattr(request, side))  # the largest one
         raise BadInput(field, f"the extended canvas would be {width}x{height}, over the limit of {limits.max_pixels} "
                               f"pixels and {limits.max_side} per side; extend less or send a smaller image")
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from schemas import InpaintParams, batch_key
-from schemas.job_errors import MaskModelMissing, MaskNotFound
+from schemas.job_errors import CannotPaint, MaskNotFound
 from service.jobs.errors import StorageError, StoreUnavailable
 from service.jobs.failures import Failure
 from service.jobs.records import JobOutcome, JobRecord, StoredImage
@@ -176,8 +176,9 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
     def share(job: _Job, seconds: float) -> float:
         return seconds * job.params.samples / total_images
 
-    def end(job: _Job, failure: Failure, message: str, gpu_seconds: float | None = None) -> None:
+    def end(job: _Job, failure: Failure, message: str, gpu_seconds: float | None = None, **fields: Any) -> None:
         extra = {} if gpu_seconds is None else jobs.lifecycle.usage_fields(gpu_seconds, len(group), cold_start)
+        extra.update(fields)
         job.outcome = JobOutcome(jobs.lifecycle.fail(job.id, failure, message, **extra) or jobs.records.get(job.id)
                                  or job.record)
 
@@ -239,6 +240,13 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
     except StoreUnavailable:
         raise  # the dispatcher keeps the jobs and retries once the store works again
     except Exception as exc:  # the pipeline call failed
+        culprit = next((job for job in live() if job.params is getattr(exc, "request", None)), None)
+        if isinstance(exc, CannotPaint) and culprit is not None:  # that request alone fails, saying why
+            failure = Failure.MASK_NOT_FOUND if isinstance(exc, MaskNotFound) else Failure.UNAVAILABLE
+            end(culprit, failure, str(exc), share(culprit, time.monotonic() - run_started), mask_time=exc.mask_time)
+            if live():  # its batch-mates, still together
+                _run_group(live(), jobs, inpainter, timeout, cold_start)
+            return
         if in_call and len(live()) > 1:  # one job's bad input must not fail its batch-mates: each runs alone
             log.warning("a batch of %d jobs failed (%s: %s); running its jobs one by one", len(live()),
                         type(exc).__name__, exc)
@@ -246,11 +254,6 @@ def _run_group(group: list[_Job], jobs: JobService, inpainter: Any, timeout: flo
                 for waiting in live():  # a sign of life for those still waiting, so the lease reaper waits too
                     jobs.records.update(waiting.id, heartbeat_at=time.time())
                 _run_group([job], jobs, inpainter, timeout, cold_start)
-            return
-        if isinstance(exc, (MaskNotFound, MaskModelMissing)):  # this request cannot be done here: say why
-            failure = Failure.MASK_NOT_FOUND if isinstance(exc, MaskNotFound) else Failure.UNAVAILABLE
-            for job in live():
-                end(job, failure, str(exc), share(job, time.monotonic() - run_started))
             return
         log.exception("job %s crashed", ", ".join(job.id for job in live()))
         for job in live():
