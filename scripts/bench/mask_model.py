@@ -226,7 +226,7 @@ def find_stages(model, picture, prompt: str, threshold: float, sync) -> tuple[di
     scores = torch.sigmoid(logits.float()).reshape(model.side, model.side).cpu().numpy()
     times["model"] = time.perf_counter() - started
     started = time.perf_counter()
-    found = Image.fromarray(np.where(scores > threshold, 255, 0).astype(np.uint8), "L")
+    found = Image.fromarray(np.where(scores >= threshold, 255, 0).astype(np.uint8), "L")
     times["threshold"] = time.perf_counter() - started
     started = time.perf_counter()
     if found.size != picture.size:
