@@ -121,16 +121,15 @@ class PaintArea:
         if params.mask_prompt:
             result = self._find(picture, params)
             found, seconds = result.mask, result.seconds
-        drawn = mask is not None and mask.getbbox() is not None
-        mask = combine_masks(picture.size, mask, found, params.invert_mask)
-        if params.mask_prompt and params.invert_mask and not params.extends and mask.getbbox() is None:
+        combined = combine_masks(picture.size, mask, found, params.invert_mask)
+        if params.mask_prompt and params.invert_mask and not params.extends and combined.getbbox() is None:
+            drawn = mask is not None and mask.getbbox() is not None  # only looked at to name the cause
             covering = f"{'the drawn mask and ' if drawn else ''}mask_prompt {params.mask_prompt!r}"
             raise MaskNotFound(f"with invert_mask nothing is left to repaint: {covering} cover the whole image; "
                                f"raise mask_threshold, name a smaller area or draw less", params, seconds)
         if params.extends:
-            picture, mask = extend_canvas(picture, mask, (params.extend_left, params.extend_top,
-                                                          params.extend_right, params.extend_bottom))
-        return picture, mask, seconds
+            picture, combined = extend_canvas(picture, combined, params.extend_sides)
+        return picture, combined, seconds
 
     def _find(self, picture: Image.Image, params: InpaintParams) -> FoundMask:
         if self.model is None:

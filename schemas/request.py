@@ -110,8 +110,13 @@ class InpaintParams(BaseModel):
                            "mask_grow. One image, one credit.")
 
     @property
+    def extend_sides(self) -> tuple[int, int, int, int]:
+        """Pixels added on the left, top, right and bottom (EXTEND_SIDES' order)."""
+        return tuple(getattr(self, side) for side in EXTEND_SIDES)
+
+    @property
     def extends(self) -> bool:
-        return any(getattr(self, side) for side in EXTEND_SIDES)
+        return any(self.extend_sides)
 
     @model_validator(mode="after")
     def _check_mask_options(self) -> "InpaintParams":
